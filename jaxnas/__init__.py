@@ -1,0 +1,1 @@
+"""jaxnas: neural architecture search for 3D medical image segmentation in JAX/Flax."""
