@@ -9,3 +9,8 @@ import jax  # noqa: E402
 
 # Compiles about 1 s faster each; the tests check behaviour, not speed.
 jax.config.update("jax_disable_most_optimizations", True)
+
+from absl import flags  # noqa: E402
+
+# absltest helpers (create_tempdir) read --test_tmpdir; pytest does not parse absl flags.
+flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,1 @@
+"""Data pipeline: MSD reading and validation, preprocessing and caching, patches, demo data."""

@@ -1,0 +1,138 @@
+"""Patches, batches and case splits: pure functions of arrays and a seed.
+
+A batch is `{"image": (b, x, y, z, c) float32, "label": (b, x, y, z) int32}`, a pure
+function of (seed, step) through `np.random.default_rng((seed, step))`, so a resumed run
+replays it. Volumes smaller than the patch are padded with 0 (the normalised background).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from jaxnas.data import msd
+
+
+def _patch_start(rng, shape, patch_size, center=None) -> np.ndarray:
+    """Start corner of a patch: uniform, or centred on `center`, kept inside the volume.
+
+    Where the volume is smaller than the patch the start is negative (the gap is padded),
+    and the volume sits at a random offset inside the patch.
+    """
+    shape, patch = np.asarray(shape), np.asarray(patch_size)
+    low = np.minimum(0, shape - patch)  # Negative where the patch overhangs.
+    high = np.maximum(0, shape - patch)
+    if center is None:
+        return np.array([rng.integers(lo, hi + 1) for lo, hi in zip(low, high)])
+    return np.clip(np.asarray(center) - patch // 2, low, high)
+
+
+def extract_patch(volume: np.ndarray, start, patch_size) -> np.ndarray:
+    """Crops `volume[start:start+patch]` over the 3 spatial axes, zero-padding outside."""
+    out = np.zeros(tuple(patch_size) + volume.shape[3:], dtype=volume.dtype)
+    src, dst = [], []
+    for s, p, n in zip(start, patch_size, volume.shape[:3]):
+        a, b = max(s, 0), min(s + p, n)
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def sample_patch(rng, image, label, fg_locations, patch_size, foreground: bool):
+    """One (image patch, label patch), centred on a foreground voxel if `foreground`.
+
+    For a foreground patch a present class is picked uniformly, then one of its voxels
+    (nnU-Net's class-balanced oversampling). A case without foreground gets a random crop.
+    """
+    center = None
+    classes = sorted(k for k, v in fg_locations.items() if len(v))
+    if foreground and classes:
+        coords = fg_locations[classes[rng.integers(len(classes))]]
+        center = coords[rng.integers(len(coords))]
+    start = _patch_start(rng, label.shape, patch_size, center)
+    return extract_patch(image, start, patch_size), extract_patch(label, start, patch_size)
+
+
+def num_foreground(rng, batch_size: int, fg_fraction: float) -> int:
+    """floor(b * f) patches plus one more with the fractional probability: mean b * f.
+
+    nnU-Net's rule (the last round(b * f) patches) gives batch size 1 no foreground patch
+    at f = 1/3; this keeps the expected rate at every batch size.
+    """
+    expected = batch_size * fg_fraction
+    return int(np.floor(expected)) + int(rng.random() < expected - np.floor(expected))
+
+
+def make_batch(cases, *, seed: int, step: int, batch_size: int, patch_size,
+               fg_fraction: float) -> dict[str, np.ndarray]:
+    """The batch of `step`: cases drawn uniformly, a `fg_fraction` share foreground-centred.
+
+    Args:
+      cases: sequence of objects with `image`, `label`, `fg_locations` (cache.PreparedCase).
+    """
+    rng = np.random.default_rng((seed, step))
+    n_fg = num_foreground(rng, batch_size, fg_fraction)
+    images, labels = [], []
+    for i in range(batch_size):
+        case = cases[rng.integers(len(cases))]
+        image, label = sample_patch(rng, case.image, case.label, case.fg_locations,
+                                    patch_size, foreground=i < n_fg)
+        images.append(image)
+        labels.append(label)
+    return {"image": np.stack(images).astype(np.float32),
+            "label": np.stack(labels).astype(np.int32)}
+
+
+# --- Splits ---
+
+
+def kfold_splits(case_ids, num_folds: int, seed: int = 0) -> list[dict[str, list[str]]]:
+    """Deterministic k-fold split: a seeded shuffle of the sorted ids, dealt round-robin."""
+    ids = sorted(case_ids)
+    if not 2 <= num_folds <= len(ids):
+        raise ValueError(f"num_folds={num_folds} needs 2 <= folds <= {len(ids)} cases")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    folds = [sorted(order[k::num_folds]) for k in range(num_folds)]
+    return [{"train": sorted(set(ids) - set(val)), "val": val} for val in folds]
+
+
+def bilevel_split(train_ids, seed: int = 0, alpha_fraction: float = 0.5):
+    """Splits training cases into the Theta part and the alpha part of the bi-level search."""
+    ids = sorted(train_ids)
+    if len(ids) < 2:
+        raise ValueError(f"the bi-level search needs >= 2 training cases, got {len(ids)}")
+    order = [ids[i] for i in np.random.default_rng((seed, 1)).permutation(len(ids))]
+    n_alpha = min(len(ids) - 1, max(1, int(round(len(ids) * alpha_fraction))))
+    return sorted(order[n_alpha:]), sorted(order[:n_alpha])
+
+
+def load_or_make_splits(path: str, case_ids, num_folds: int, seed: int = 0,
+                        user_file: str = ""):
+    """Reads `user_file` or an existing `path`, else writes a new k-fold split to `path`.
+
+    A split read from a file must name only known cases and use each once per fold.
+    """
+    source = user_file or (path if os.path.exists(path) else "")
+    if not source:
+        splits = kfold_splits(case_ids, num_folds, seed)
+        with open(path + ".tmp", "w") as f:
+            json.dump(splits, f, indent=1)
+        os.replace(path + ".tmp", path)
+        return splits
+    try:
+        with open(source) as f:
+            splits = json.load(f)
+        known = set(case_ids)
+        for k, fold in enumerate(splits):
+            train, val = set(fold["train"]), set(fold["val"])
+            if (train | val) - known:
+                raise ValueError(f"fold {k} names unknown cases {sorted((train | val) - known)}")
+            if train & val:
+                raise ValueError(f"fold {k} has cases in both train and val")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise msd.DataError(f"{source}: bad splits file: {e}") from None
+    if user_file and user_file != path:
+        with open(path, "w") as f:
+            json.dump(splits, f, indent=1)
+    return splits

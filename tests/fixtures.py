@@ -1,0 +1,57 @@
+"""Tiny synthetic MSD task folders for tests."""
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+
+
+def make_case(rng, shape=(12, 12, 8), channels=2):
+    """A blob of foreground (labels 1, 2) inside a nonzero head, zero border."""
+    image = np.zeros(shape + (channels,), np.float32)
+    label = np.zeros(shape, np.uint8)
+    inner = tuple(slice(2, n - 2) for n in shape)
+    image[inner] = rng.normal(100.0, 10.0, size=image[inner].shape)
+    centre = tuple(n // 2 for n in shape)
+    label[tuple(slice(c - 2, c + 2) for c in centre)] = 1
+    label[tuple(slice(c - 1, c + 1) for c in centre)] = 2
+    image[label > 0] += 50.0
+    return image, label
+
+
+def write_nifti(path, array, spacing=(1.0, 1.0, 1.0)):
+    nib.save(nib.Nifti1Image(array, np.diag(list(spacing) + [1.0])), path)
+
+
+def write_tiny_msd(root, num_cases=3, shape=(12, 12, 8), channels=2, spacings=None, seed=0):
+    """Writes dataset.json, imagesTr/, labelsTr/ and a stray `._junk.nii.gz`.
+
+    Returns the dataset.json dict. Case i has spacing spacings[i] (default 1 mm).
+    """
+    rng = np.random.default_rng(seed)
+    for sub in ("imagesTr", "labelsTr"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    training = []
+    for i in range(num_cases):
+        spacing = spacings[i] if spacings else (1.0, 1.0, 1.0)
+        image, label = make_case(rng, shape, channels)
+        name = f"case_{i:03d}.nii.gz"
+        write_nifti(os.path.join(root, "imagesTr", name), image if channels > 1 else image[..., 0],
+                    spacing)
+        write_nifti(os.path.join(root, "labelsTr", name), label, spacing)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    # macOS archive side-car: must never be read, since we never glob.
+    with open(os.path.join(root, "imagesTr", "._junk.nii.gz"), "wb") as f:
+        f.write(b"\x00\x05\x16\x07 not an image")
+    meta = {"name": "Tiny", "tensorImageSize": "4D" if channels > 1 else "3D",
+            "modality": {str(c): f"mod{c}" for c in range(channels)},
+            "labels": {"0": "background", "1": "outer", "2": "core"},
+            "numTraining": num_cases, "numTest": 0, "training": training, "test": []}
+    write_json(os.path.join(root, "dataset.json"), meta)
+    return meta
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
