@@ -1,0 +1,62 @@
+"""Sliding-window inference: window placement, Gaussian weights, host-side stitching.
+
+Volumes are channels-last `(x, y, z, c)` numpy arrays; `predict_fn` maps a batch of
+windows `(b, wx, wy, wz, c)` to per-class scores `(b, wx, wy, wz, k)`. Every call of
+`predict_fn` gets the same batch shape (the last batch is padded), so it traces once.
+"""
+
+import itertools
+
+import numpy as np
+from scipy import ndimage
+
+from jaxnas.data import patches
+
+
+def window_starts(shape, window, overlap: float = 0.5) -> list[tuple[int, ...]]:
+    """Start corners covering `shape` with windows of `window`, `overlap` shared per axis.
+
+    The last window on each axis ends at the border; a volume smaller than the window gets
+    one start at 0 (the window is zero-padded).
+    """
+    axes = []
+    for n, w in zip(shape, window):
+        if n <= w:
+            axes.append([0])
+            continue
+        step = max(1, int(w * (1.0 - overlap)))
+        count = int(np.ceil((n - w) / step)) + 1
+        axes.append(sorted({int(round(v)) for v in np.linspace(0, n - w, count)}))
+    return list(itertools.product(*axes))
+
+
+def gaussian_weights(window, sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """nnU-Net's importance map: a Gaussian centred in the window, clamped above 0."""
+    weights = np.zeros(window, np.float32)
+    weights[tuple(w // 2 for w in window)] = 1.0
+    weights = ndimage.gaussian_filter(weights, [w * sigma_scale for w in window], mode="constant")
+    weights /= weights.max()
+    # Zero weights would divide by zero at the borders (nnU-Net's note).
+    return np.maximum(weights, weights[weights > 0].min()).astype(np.float32)
+
+
+def sliding_window_predict(predict_fn, volume: np.ndarray, *, window, num_classes: int,
+                           overlap: float = 0.5, batch_size: int = 1,
+                           gaussian: bool = False) -> np.ndarray:
+    """Averages `predict_fn` over overlapping windows; returns (x, y, z, k) float32."""
+    shape = volume.shape[:3]
+    out = np.zeros(shape + (num_classes,), np.float32)
+    norm = np.zeros(shape + (1,), np.float32)
+    weights = gaussian_weights(window) if gaussian else np.ones(window, np.float32)
+    starts = window_starts(shape, window, overlap)
+    for i in range(0, len(starts), batch_size):
+        group = starts[i:i + batch_size]
+        windows = [patches.extract_patch(volume, s, window) for s in group]
+        windows += [windows[0]] * (batch_size - len(group))  # Pad: one batch shape.
+        scores = np.asarray(predict_fn(np.stack(windows)), np.float32)
+        for start, score in zip(group, scores):
+            region = tuple(slice(s, min(s + w, n)) for s, w, n in zip(start, window, shape))
+            crop = tuple(slice(0, r.stop - r.start) for r in region)
+            out[region] += score[crop] * weights[crop][..., None]
+            norm[region] += weights[crop][..., None]
+    return out / norm
