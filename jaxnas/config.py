@@ -22,9 +22,37 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    width: int = 32  # Stem channels (SCNAS: 32); cell widths grow from it.
+    impl: str = "auto"  # Op forms: "fast" (CPU), "xla" (GPU/cuDNN), "auto" by backend.
+    num_epochs: int = 400  # SCNAS.
+    steps_per_epoch: int = 0  # 0: one patch per Theta case per epoch.
+    warmup_epochs: int = 0  # Theta-only epochs before alpha starts to move.
+    lr_w: float = 0.025  # SCNAS Adam settings for Theta ...
+    betas_w: tuple[float, float] = (0.1, 0.001)  # ... (b2 = 0.001 looks like a typo).
+    lr_a: float = 0.003  # ... and for alpha.
+    betas_a: tuple[float, float] = (0.5, 0.999)
+    tau_rate: float = 0.025  # tau = max(tau_min, exp(-tau_rate * epoch)), SCNAS.
+    tau_min: float = 0.001
+    ce_weight: float = 0.0  # SCNAS: Dice only; 1.0 adds cross-entropy (nnU-Net).
+    plateau_patience: int = 20  # Epochs without a better training loss before lr / 10.
+    log_every: int = 10
+    ckpt_every: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    overlap: float = 0.5  # SCNAS: 50% overlap.
+    batch_size: int = 2
+    gaussian: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    mode: str = "prepare"
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    mode: str = "search"
     seed: int = 0
     num_preview_batches: int = 4  # prepare mode: batches drawn for the summary and PNG.
 
@@ -44,7 +72,28 @@ def from_flags(f) -> Config:
         splits_file=f.splits_file,
         alpha_fraction=f.alpha_fraction,
     )
-    return Config(data=data, mode=f.mode, seed=f.seed)
+    search = SearchConfig(
+        width=f.width, impl=f.impl, num_epochs=f.num_epochs, steps_per_epoch=f.steps_per_epoch,
+        warmup_epochs=f.warmup_epochs, lr_w=f.lr_w, betas_w=_pair(f.betas_w), lr_a=f.lr_a,
+        betas_a=_pair(f.betas_a), tau_rate=f.tau_rate, tau_min=f.tau_min,
+        ce_weight=f.ce_weight, plateau_patience=f.plateau_patience, log_every=f.log_every,
+        ckpt_every=f.ckpt_every)
+    evaluation = EvalConfig(overlap=f.eval_overlap, batch_size=f.eval_batch_size,
+                            gaussian=f.eval_gaussian)
+    return Config(data=data, search=search, eval=evaluation, mode=f.mode, seed=f.seed)
+
+
+def _pair(values) -> tuple[float, float]:
+    return tuple(float(v) for v in values)
+
+
+def tiny() -> Config:
+    """The Python twin of experiments/tiny.flags: seconds on a CPU, for tests."""
+    return Config(
+        data=DataConfig(patch_size=(16, 16, 16), batch_size=1, num_folds=3),
+        search=SearchConfig(width=4, num_epochs=2, steps_per_epoch=2, lr_w=1e-3,
+                            betas_w=(0.9, 0.999), log_every=1, ckpt_every=2),
+        eval=EvalConfig(batch_size=1))
 
 
 def validate(config: Config) -> None:
@@ -62,3 +111,12 @@ def validate(config: Config) -> None:
         raise ValueError(f"--batch_size must be >= 1, got {d.batch_size}")
     if not 0 <= d.fold < d.num_folds:
         raise ValueError(f"--fold must be in [0, {d.num_folds}), got {d.fold}")
+    s = config.search
+    if config.mode != "prepare" and any(p % 8 for p in d.patch_size):
+        raise ValueError(f"--patch_size must be divisible by 8 (3 poolings), got {d.patch_size}")
+    if s.impl not in ("auto", "fast", "xla"):
+        raise ValueError(f"--impl must be auto, fast or xla, got {s.impl!r}")
+    if s.width < 1 or s.num_epochs < 1 or s.steps_per_epoch < 0:
+        raise ValueError("--width and --num_epochs must be >= 1, --steps_per_epoch >= 0")
+    if not 0.0 <= config.eval.overlap < 1.0:
+        raise ValueError(f"--eval_overlap must be in [0, 1), got {config.eval.overlap}")

@@ -19,8 +19,12 @@ from jaxnas.data import msd
 _D = config_lib.DataConfig
 _C = config_lib.Config
 
-_MODE = flags.DEFINE_enum("mode", _C.mode, ["prepare"],
-                          "prepare: validate, preprocess, cache, split and preview patches.")
+_S = config_lib.SearchConfig
+_E = config_lib.EvalConfig
+
+_MODE = flags.DEFINE_enum("mode", _C.mode, ["prepare", "search"],
+                          "prepare: validate, preprocess, cache, split and preview patches; "
+                          "search: SCNAS search, derive the genotype, evaluate it.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder that receives every output.",
                                required=True)
 flags.DEFINE_string("data_dir", _D.data_dir, "MSD task folder holding dataset.json.")
@@ -35,11 +39,60 @@ flags.DEFINE_integer("fold", _D.fold, "Fold whose validation cases are held out.
 flags.DEFINE_string("splits_file", _D.splits_file, "A splits.json to use instead of a new one.")
 flags.DEFINE_float("alpha_fraction", _D.alpha_fraction, "Share of training cases for alpha.")
 flags.DEFINE_integer("seed", _C.seed, "The one seed every random stream derives from.")
+flags.DEFINE_integer("width", _S.width, "Stem channels; cell widths grow from it.")
+flags.DEFINE_enum("impl", _S.impl, ["auto", "fast", "xla"],
+                  "Op forms: fast (CPU shifted-matmul), xla (GPU/cuDNN), auto by backend.")
+flags.DEFINE_integer("num_epochs", _S.num_epochs, "Search epochs.")
+flags.DEFINE_integer("steps_per_epoch", _S.steps_per_epoch,
+                     "Iterations per epoch; 0: one patch per Theta case.")
+flags.DEFINE_integer("warmup_epochs", _S.warmup_epochs, "Theta-only epochs before alpha moves.")
+flags.DEFINE_float("lr_w", _S.lr_w, "Adam learning rate of the network weights Theta.")
+flags.DEFINE_list("betas_w", [str(v) for v in _S.betas_w], "Adam betas of Theta.")
+flags.DEFINE_float("lr_a", _S.lr_a, "Adam learning rate of the architecture logits alpha.")
+flags.DEFINE_list("betas_a", [str(v) for v in _S.betas_a], "Adam betas of alpha.")
+flags.DEFINE_float("tau_rate", _S.tau_rate, "tau = max(tau_min, exp(-tau_rate * epoch)).")
+flags.DEFINE_float("tau_min", _S.tau_min, "Floor of the Gumbel-softmax temperature.")
+flags.DEFINE_float("ce_weight", _S.ce_weight, "Weight of cross-entropy added to the Dice loss.")
+flags.DEFINE_integer("plateau_patience", _S.plateau_patience,
+                     "Epochs without a better training loss before the lr is divided by 10.")
+flags.DEFINE_integer("log_every", _S.log_every, "Steps between log lines and TensorBoard points.")
+flags.DEFINE_integer("ckpt_every", _S.ckpt_every, "Steps between checkpoints.")
+_JIT_CACHE = flags.DEFINE_string(
+    "jit_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "jaxnas", "xla"),
+    "Persistent XLA compilation cache: a rerun or resume skips most of the compile time. "
+    "Empty: off.")
+flags.DEFINE_float("eval_overlap", _E.overlap, "Sliding-window overlap.")
+flags.DEFINE_integer("eval_batch_size", _E.batch_size, "Windows per inference batch.")
+flags.DEFINE_bool("eval_gaussian", _E.gaussian, "Gaussian weighting of sliding windows.")
 
 
 def _fail(message: str) -> None:
     # One line for the user instead of a traceback; non-zero exit status.
     sys.exit(f"jaxnas: error: {message}")
+
+
+def _check_workdir(workdir: str, config: config_lib.Config) -> bool:
+    """False if `workdir` holds this very run finished; raises if it holds another run.
+
+    A finished run (summary.json) or a checkpointed one with other settings is never
+    overwritten: the user picks another --workdir or deletes the old one.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) or config.mode == "prepare":
+        return True
+    with open(path) as f:
+        previous = json.load(f)
+    same = previous == json.loads(json.dumps(dataclasses.asdict(config)))
+    finished = os.path.exists(os.path.join(workdir, "summary.json"))
+    started = os.path.isdir(os.path.join(workdir, "ckpt")) or finished
+    if started and not same:
+        raise ValueError(f"{workdir} holds a run with other settings (see its config.json); "
+                         "use another --workdir, or delete that folder to start over")
+    if finished:
+        logging.info("%s already holds this finished run (summary.json); nothing to do",
+                     workdir)
+        return False
+    return True
 
 
 def main(argv):
@@ -49,6 +102,8 @@ def main(argv):
     workdir = _WORKDIR.value
     try:
         config_lib.validate(config)
+        if not _check_workdir(workdir, config):
+            return
     except ValueError as e:
         _fail(str(e))
     os.makedirs(workdir, exist_ok=True)
@@ -56,12 +111,21 @@ def main(argv):
         f.write(flags.FLAGS.flags_into_string())
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=1)
-    from jaxnas import prepare  # Imported late: flag errors should not wait for jax.
+    # Imported late: a flag error should not wait for jax to load.
+    import jax
+
+    if _JIT_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    from jaxnas import prepare
+    from jaxnas import train
 
     try:
         if config.mode == "prepare":
             prepare.run(config, workdir)
-    except msd.DataError as e:
+        elif config.mode == "search":
+            train.search_and_evaluate(config, workdir)
+    except (msd.DataError, train.RunError) as e:
         _fail(str(e))
     logging.info("done: outputs in %s", os.path.abspath(workdir))
 

@@ -34,6 +34,7 @@ def load_training_data(config: config_lib.Config, workdir: str) -> TrainingData:
     """Reads, validates and caches the dataset, then fixes the fold's splits."""
     d = config.data
     dataset = msd.read_dataset(d.data_dir)
+    os.makedirs(workdir, exist_ok=True)
     cache_dir = d.cache_dir or os.path.join(workdir, "preprocessed")
     prepared, _, spacing = cache.prepare_dataset(dataset, cache_dir, spacing=d.spacing,
                                                  image_order=d.image_order)

@@ -88,10 +88,15 @@ def sample_edges(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -> OpC
 
 
 def choice_from_indices(index: Int[Array, "t e"]) -> OpChoice:
-    """One op per edge as an op_choice: index pair (i, i) with weights (1, 0)."""
+    """One op per edge as an op_choice: index pair (i, zero) with weights (1, 0).
+
+    The second slot is the zero op, which costs nothing, so a derived architecture runs
+    one op per edge through the same compiled supernet.
+    """
     index = jnp.asarray(index, jnp.int32)
     weight = jnp.stack([jnp.ones(index.shape), jnp.zeros(index.shape)], axis=-1)
-    return {"index": jnp.stack([index, index], axis=-1), "weight": weight.astype(jnp.float32)}
+    second = jnp.full(index.shape, space.ZERO_OP, jnp.int32)
+    return {"index": jnp.stack([index, second], axis=-1), "weight": weight.astype(jnp.float32)}
 
 
 def derive_choice(arch: ArchLogits) -> OpChoice:

@@ -136,7 +136,9 @@ class SamplerTest(absltest.TestCase):
         arch = jnp.zeros((4, 14, 8)).at[:, :, 3].set(5.0).at[0, 0, 6].set(9.0)
         choice = search.derive_choice(arch)
         self.assertEqual(int(choice["index"][0, 0, 0]), 6)
-        self.assertTrue(np.all(np.asarray(choice["index"])[1:, :, :] == 3))
+        self.assertTrue(np.all(np.asarray(choice["index"])[1:, :, 0] == 3))
+        # The second slot is the free zero op, weighted 0.
+        self.assertTrue(np.all(np.asarray(choice["index"])[..., 1] == space.ZERO_OP))
         np.testing.assert_array_equal(choice["weight"][..., 0], 1.0)
         np.testing.assert_array_equal(choice["weight"][..., 1], 0.0)
         np.testing.assert_allclose(jnp.sum(search.arch_probs(arch), -1), 1.0, rtol=1e-6)

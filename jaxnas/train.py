@@ -1,0 +1,197 @@
+"""The search shell: data -> bi-level SCNAS loop -> genotype -> held-out evaluation.
+
+`search_and_evaluate(config, workdir)` is the one long function (big_vision style); the
+maths lives in `search.py`, `network.py`, `losses.py`, `inference.py`. Outputs in the work
+dir: TensorBoard events, `ckpt/` (orbax), `genotype.json`, `summary.json`.
+"""
+
+import functools
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxnas import checkpoints
+from jaxnas import config as config_lib
+from jaxnas import cost
+from jaxnas import genotype as genotype_lib
+from jaxnas import inference
+from jaxnas import losses
+from jaxnas import metrics as metrics_lib
+from jaxnas import network
+from jaxnas import prepare
+from jaxnas import search
+from jaxnas import space
+from jaxnas import writer as writer_lib
+from jaxnas.data import patches
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (e.g. a non-finite loss); the message says what to do."""
+
+
+def resolve_impl(impl: str) -> str:
+    """"auto": the CPU-fast op forms on CPU, the XLA (cuDNN) forms on accelerators."""
+    if impl != "auto":
+        return impl
+    return "fast" if jax.default_backend() == "cpu" else "xla"
+
+
+def make_model(config: config_lib.Config, in_channels: int, num_classes: int):
+    """(init_fn(key) -> params, apply_fn(params, image, op_choice) -> logits)."""
+    impl = resolve_impl(config.search.impl)
+    init_fn = functools.partial(network.init_network, in_channels=in_channels,
+                                num_classes=num_classes, width=config.search.width)
+    apply_fn = functools.partial(network.apply_network, impl=impl)
+    return init_fn, apply_fn
+
+
+def _batch(cases, config, step, stream):
+    # Theta and alpha batches are separate streams of one (seed, step) function.
+    d = config.data
+    return patches.make_batch(cases, seed=config.seed, step=2 * step + stream,
+                              batch_size=d.batch_size, patch_size=d.patch_size,
+                              fg_fraction=d.fg_fraction)
+
+
+def _arch_scalars(arch) -> dict:
+    probs = np.asarray(search.arch_probs(arch))
+    entropy = np.asarray(search.arch_entropy(arch))
+    out = {}
+    for t, cell in enumerate(space.CELL_TYPES):
+        out[f"arch/entropy/{cell}"] = entropy[t]
+        for o, op in enumerate(space.OP_NAMES):
+            out[f"arch/prob/{cell}/{op}"] = probs[t, :, o].mean()
+    return out
+
+
+def evaluate_cases(predict_fn, cases, *, num_classes, config) -> dict:
+    """Sliding-window Dice per held-out case (preprocessed space) and their mean."""
+    per_case, confusion = {}, np.zeros((num_classes, num_classes), np.int64)
+    for case in cases:
+        scores = inference.sliding_window_predict(
+            predict_fn, np.asarray(case.image), window=config.data.patch_size,
+            num_classes=num_classes, overlap=config.eval.overlap,
+            batch_size=config.eval.batch_size, gaussian=config.eval.gaussian)
+        pred = scores.argmax(-1)
+        dice = metrics_lib.dice_per_class(pred, np.asarray(case.label), num_classes)
+        per_case[case.case_id] = dice.tolist()
+        confusion += metrics_lib.confusion_matrix(pred, np.asarray(case.label), num_classes)
+    mean = np.nanmean(np.array(list(per_case.values()), dtype=np.float64), axis=0)
+    return {"per_case": per_case, "dice_per_class": mean.tolist(),
+            "dice_mean_foreground": float(np.nanmean(mean[1:])),
+            "dice_pooled": metrics_lib.dice_from_confusion(confusion).tolist()}
+
+
+def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
+    """Runs (or resumes) the SCNAS search, writes genotype.json and summary.json."""
+    # --- Data ---
+    data = prepare.load_training_data(config, workdir)
+    theta = [data.cases[i] for i in data.theta_ids]
+    alpha = [data.cases[i] for i in data.alpha_ids]
+    held_out = [data.cases[i] for i in data.val_ids]
+    num_classes = data.dataset.num_classes
+    s = config.search
+    steps_per_epoch = s.steps_per_epoch or max(1, len(theta) // config.data.batch_size)
+    num_steps = s.num_epochs * steps_per_epoch
+    warmup_steps = s.warmup_epochs * steps_per_epoch
+    ckpt_steps = max(1, round(s.ckpt_every / steps_per_epoch)) * steps_per_epoch
+
+    # --- Model, optimizers, state ---
+    init_key, loop_key = jax.random.split(jax.random.key(config.seed))
+    init_params, apply_fn = make_model(config, len(data.dataset.modalities), num_classes)
+    tx_w, tx_a = search.make_optimizers(lr_w=s.lr_w, betas_w=s.betas_w, lr_a=s.lr_a,
+                                        betas_a=s.betas_a)
+    tau_fn = search.make_tau_fn(steps_per_epoch, rate=s.tau_rate, tau_min=s.tau_min)
+    loss_fn = functools.partial(losses.dice_ce, num_classes=num_classes, ce_weight=s.ce_weight)
+    step_w, step_a = search.make_steps(apply_fn=apply_fn, loss_fn=loss_fn, tx_w=tx_w,
+                                       tx_a=tx_a, tau_fn=tau_fn)
+    step_w, step_a = jax.jit(step_w, donate_argnums=0), jax.jit(step_a, donate_argnums=0)
+    plateau_fn = jax.jit(functools.partial(search.plateau_step, patience=s.plateau_patience))
+
+    def init_state():
+        return search.init_state(init_params(init_key), search.init_arch(), tx_w, tx_a)
+
+    manager = checkpoints.make_manager(workdir)
+    state = checkpoints.restore_or_init(manager, init_state)
+    start = int(state.step)
+    if start:
+        logging.info("resumed from checkpoint at step %d", start)
+    writer = writer_lib.MetricWriter(workdir)
+
+    # --- Loop ---
+    logging.info("search: %d steps (%d epochs x %d), patch %s, width %d, impl %s", num_steps,
+                 s.num_epochs, steps_per_epoch, config.data.patch_size, s.width,
+                 resolve_impl(s.impl))
+    epoch_losses, tick, tick_step = [], time.time(), start
+    for step in range(start, num_steps):
+        key = jax.random.fold_in(loop_key, step)  # One sample Z for both steps.
+        state, m = step_w(state, _batch(theta, config, step, 0), key)
+        if step >= warmup_steps:
+            state, m_a = step_a(state, _batch(alpha, config, step, 1), key)
+            m = {**m, **m_a}
+        epoch_losses.append(m["train/loss_w"])
+        done = step + 1
+        if done % steps_per_epoch == 0:
+            epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
+            epoch_losses = []
+            state, reduced = plateau_fn(state, epoch_loss)
+            if bool(reduced):
+                logging.info("training loss plateau: learning rates divided by 10")
+        if done % s.log_every == 0 or done == num_steps:
+            m = jax.device_get(m)
+            if not all(np.isfinite(v) for v in m.values()):
+                raise RunError(f"non-finite loss at step {done} ({m}); the last good "
+                               f"checkpoint in {workdir}/ckpt is kept. Lower --lr_w or "
+                               "--lr_a, or add --ce_weight=1, and rerun to resume.")
+            rate = (done - tick_step) / (time.time() - tick)
+            tick, tick_step = time.time(), done
+            scalars = {**m, "train/lr_w": search.learning_rate(state.opt_w),
+                       "train/lr_a": search.learning_rate(state.opt_a),
+                       "train/steps_per_sec": rate, **_arch_scalars(state.arch)}
+            writer.write_scalars(done, scalars)
+            writer_lib.progress_line(done, num_steps, float(m["train/loss_w"]), rate)
+        # Checkpoints at epoch ends only, so a resumed run replays whole epochs and its
+        # plateau rule sees the same epoch losses.
+        if done % ckpt_steps == 0 or done == num_steps:
+            checkpoints.save(manager, done, state)
+    manager.wait_until_finished()
+
+    # --- Derive and evaluate ---
+    genotype = genotype_lib.derive_genotype(state.arch)
+    derived = search.derive_choice(state.arch)
+    predict = jax.jit(lambda params, choice, x: jax.nn.softmax(apply_fn(params, x, choice)))
+    predict_fn = functools.partial(predict, state.params, derived)
+    start_eval = time.time()
+    result = evaluate_cases(predict_fn, held_out, num_classes=num_classes, config=config)
+    eval_s = time.time() - start_eval
+    label_names = [data.dataset.labels.get(k, str(k)) for k in range(num_classes)]
+    summary = {
+        "dataset": data.dataset.name, "fold": config.data.fold, "steps": num_steps,
+        "val_cases": data.val_ids, "labels": label_names,
+        "dice_per_class": dict(zip(label_names, result["dice_per_class"])),
+        "dice_mean_foreground": result["dice_mean_foreground"],
+        "dice_per_case": result["per_case"], "eval_seconds": round(eval_s, 1),
+        "note": "Dice in the preprocessed (resampled, cropped) space of each held-out case; "
+                "the derived architecture keeps the Theta learned during search.",
+    }
+    writer.write_scalars(num_steps, {f"val/dice/{n}": v
+                                     for n, v in summary["dice_per_class"].items()})
+    writer.write_scalars(num_steps, {"val/dice_mean": summary["dice_mean_foreground"]})
+    writer.close()
+    index = genotype_lib.genotype_to_indices(genotype)
+    derived_cost = cost.derived_cost(index, state.params, in_channels=len(
+        data.dataset.modalities), num_classes=num_classes, width=s.width,
+        patch_size=config.data.patch_size)
+    genotype_lib.save_genotype(os.path.join(workdir, "genotype.json"), genotype,
+                               extra={"derived": derived_cost})
+    summary["derived"] = derived_cost
+    with open(os.path.join(workdir, "summary.json.tmp"), "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "summary.json"))
+    logging.info("held-out Dice %s, mean foreground %.4f", summary["dice_per_class"],
+                 summary["dice_mean_foreground"])
+    return summary

@@ -1,0 +1,111 @@
+"""End to end: the search writes every output, and an interrupted run resumes exactly."""
+
+import dataclasses
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+from absl.testing import absltest
+
+from jaxnas import checkpoints
+from jaxnas import config as config_lib
+from jaxnas import genotype as genotype_lib
+from jaxnas import train
+from tests import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config(data_dir, cache_dir):
+    config = config_lib.tiny()
+    data = dataclasses.replace(config.data, data_dir=data_dir, cache_dir=cache_dir,
+                               num_folds=3)
+    return dataclasses.replace(config, data=data)
+
+
+def _final_params(workdir):
+    manager = checkpoints.make_manager(workdir)
+    restored = manager.restore(manager.latest_step())
+    return manager.latest_step(), restored
+
+
+class SearchRunTest(absltest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="train_test")
+        cls.data_dir = os.path.join(cls.tmp, "task")
+        fixtures.write_tiny_msd(cls.data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
+        cls.config = _tiny_config(cls.data_dir, os.path.join(cls.tmp, "cache"))
+        cls.workdir = os.path.join(cls.tmp, "full")
+        cls.summary = train.search_and_evaluate(cls.config, cls.workdir)
+
+    def test_writes_every_output(self):
+        self.assertNotEmpty(glob.glob(os.path.join(self.workdir, "events.out.tfevents.*")))
+        self.assertEqual(checkpoints.make_manager(self.workdir).latest_step(), 4)
+        genotype = genotype_lib.load_genotype(os.path.join(self.workdir, "genotype.json"))
+        self.assertEqual(genotype_lib.genotype_to_indices(genotype).shape, (4, 14))
+        with open(os.path.join(self.workdir, "summary.json")) as f:
+            summary = json.load(f)
+        self.assertEqual(set(summary["dice_per_class"]), {"background", "outer", "core"})
+        self.assertLen(summary["val_cases"], 2)
+
+    def test_interrupted_run_resumes_to_same_params(self):
+        workdir = os.path.join(self.tmp, "interrupted")
+        save = checkpoints.save
+
+        def save_then_stop(manager, step, state):
+            save(manager, step, state)
+            manager.wait_until_finished()
+            raise KeyboardInterrupt  # The machine goes away right after a checkpoint.
+
+        checkpoints.save = save_then_stop
+        try:
+            with self.assertRaises(KeyboardInterrupt):
+                train.search_and_evaluate(self.config, workdir)
+        finally:
+            checkpoints.save = save
+        self.assertEqual(checkpoints.make_manager(workdir).latest_step(), 2)
+        train.search_and_evaluate(self.config, workdir)
+        step_a, full = _final_params(self.workdir)
+        step_b, resumed = _final_params(workdir)
+        self.assertEqual(step_a, step_b)
+        for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class TinyFlagfileTest(absltest.TestCase):
+
+    def test_cli_run_and_rerun_keeps_finished_outputs(self):
+        data_dir = self.create_tempdir().full_path
+        fixtures.write_tiny_msd(data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
+        workdir = self.create_tempdir().full_path
+        cmd = [sys.executable, "-m", "jaxnas.main", "--flagfile=tiny.flags",
+               f"--data_dir={data_dir}", f"--workdir={workdir}",
+               f"--cache_dir={workdir}/cache", "--num_folds=3"]
+        env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+        run = subprocess.run(cmd, cwd=os.path.join(ROOT, "experiments"), env=env,
+                             capture_output=True, text=True, timeout=600)
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        for name in ("genotype.json", "summary.json", "splits.json", "config.json"):
+            self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+        mtime = os.stat(os.path.join(workdir, "summary.json")).st_mtime_ns
+        rerun = subprocess.run(cmd, cwd=os.path.join(ROOT, "experiments"), env=env,
+                               capture_output=True, text=True, timeout=600)
+        self.assertEqual(rerun.returncode, 0, rerun.stderr[-3000:])
+        self.assertIn("already holds this finished run", rerun.stderr)
+        self.assertEqual(os.stat(os.path.join(workdir, "summary.json")).st_mtime_ns, mtime)
+        other = subprocess.run(cmd + ["--width=6"], cwd=os.path.join(ROOT, "experiments"),
+                               env=env, capture_output=True, text=True, timeout=600)
+        self.assertNotEqual(other.returncode, 0)
+        self.assertIn("holds a run with other settings", other.stderr)
+
+
+if __name__ == "__main__":
+    absltest.main()
