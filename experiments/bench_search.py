@@ -27,8 +27,8 @@ from jaxnas import search  # noqa: E402
 from jaxnas import train  # noqa: E402
 
 
-def _darts_weights(arch, tau):
-    del tau
+def _darts_weights(key, arch, tau):
+    del key, tau
     return jax.nn.softmax(arch, axis=-1)  # DARTS: every op, softmax(alpha) weights.
 
 

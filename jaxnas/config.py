@@ -80,7 +80,8 @@ def from_flags(f) -> Config:
         ckpt_every=f.ckpt_every)
     evaluation = EvalConfig(overlap=f.eval_overlap, batch_size=f.eval_batch_size,
                             gaussian=f.eval_gaussian)
-    return Config(data=data, search=search, eval=evaluation, mode=f.mode, seed=f.seed)
+    return Config(data=data, search=search, eval=evaluation, mode=f.mode, seed=f.seed,
+                  num_preview_batches=f.num_preview_batches)
 
 
 def _pair(values) -> tuple[float, float]:

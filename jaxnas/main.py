@@ -6,6 +6,7 @@ resolve from the current directory; `run.sh` runs from `experiments/`.
 
 import dataclasses
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -39,6 +40,8 @@ flags.DEFINE_integer("fold", _D.fold, "Fold whose validation cases are held out.
 flags.DEFINE_string("splits_file", _D.splits_file, "A splits.json to use instead of a new one.")
 flags.DEFINE_float("alpha_fraction", _D.alpha_fraction, "Share of training cases for alpha.")
 flags.DEFINE_integer("seed", _C.seed, "The one seed every random stream derives from.")
+flags.DEFINE_integer("num_preview_batches", _C.num_preview_batches,
+                     "prepare mode: batches drawn for data_summary.json and patches.png.")
 flags.DEFINE_integer("width", _S.width, "Stem channels; cell widths grow from it.")
 flags.DEFINE_enum("impl", _S.impl, ["auto", "fast", "xla"],
                   "Op forms: fast (CPU shifted-matmul), xla (GPU/cuDNN), auto by backend.")
@@ -95,7 +98,17 @@ def _check_workdir(workdir: str, config: config_lib.Config) -> bool:
     return True
 
 
+def _quiet_libraries() -> None:
+    """Drops the INFO lines of orbax (dozens per checkpoint); warnings still show."""
+
+    def keep(record) -> bool:
+        return record.levelno > std_logging.INFO or "orbax" not in record.pathname
+
+    logging.get_absl_handler().addFilter(keep)
+
+
 def main(argv):
+    _quiet_libraries()
     if len(argv) > 1:
         raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
     config = config_lib.from_flags(flags.FLAGS)
