@@ -15,11 +15,10 @@ anything else worth keeping with the architecture (parameter count, GFLOPs, step
 """
 
 import json
-import os
-import tempfile
 
 import numpy as np
 
+from jaxnas import fileio
 from jaxnas import space
 
 FORMAT = "jaxnas.genotype"
@@ -55,13 +54,6 @@ def derive_genotype(arch) -> dict:
     }
 
 
-def _to_json(value):
-    """json.dump fallback for numpy / jax scalars and arrays in `extra`."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def save_genotype(path: str, genotype: dict, extra: dict | None = None) -> None:
     """Writes genotype (plus `extra`, merged into genotype["extra"]) atomically to path.
 
@@ -70,16 +62,7 @@ def save_genotype(path: str, genotype: dict, extra: dict | None = None) -> None:
     """
     genotype = {**genotype, "extra": {**genotype.get("extra", {}), **(extra or {})}}
     validate_genotype(genotype)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".genotype-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(genotype, f, indent=1, default=_to_json)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    fileio.write_json(path, genotype)
 
 
 def load_genotype(path: str) -> dict:

@@ -6,7 +6,6 @@ dir: TensorBoard events, `ckpt/` (orbax), `genotype.json`, `summary.json`.
 """
 
 import functools
-import json
 import os
 import time
 
@@ -17,6 +16,7 @@ from absl import logging
 from jaxnas import checkpoints
 from jaxnas import config as config_lib
 from jaxnas import cost
+from jaxnas import fileio
 from jaxnas import genotype as genotype_lib
 from jaxnas import inference
 from jaxnas import losses
@@ -189,9 +189,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     genotype_lib.save_genotype(os.path.join(workdir, "genotype.json"), genotype,
                                extra={"derived": derived_cost})
     summary["derived"] = derived_cost
-    with open(os.path.join(workdir, "summary.json.tmp"), "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "summary.json"))
+    fileio.write_json(os.path.join(workdir, "summary.json"), summary)
     logging.info("held-out Dice %s, mean foreground %.4f", summary["dice_per_class"],
                  summary["dice_mean_foreground"])
     return summary

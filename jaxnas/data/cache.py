@@ -12,13 +12,14 @@ when its NIfTI files have not changed since.
 import dataclasses
 import hashlib
 import json
+import io
 import os
-import tempfile
 import time
 
 import numpy as np
 from absl import logging
 
+from jaxnas import fileio
 from jaxnas.data import msd
 from jaxnas.data import preprocess
 
@@ -54,21 +55,10 @@ def cache_folder(cache_dir: str, dataset: msd.Dataset, settings: dict) -> str:
     return os.path.join(cache_dir, f"{safe_name}-{digest}")
 
 
-def _atomic_write(path: str, write_fn) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_json(path: str, obj) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+def _npy_bytes(save_fn, *args, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    save_fn(buf, *args, **kwargs)
+    return buf.getvalue()
 
 
 def _load_cached(folder: str, case: msd.Case) -> PreparedCase | None:
@@ -96,14 +86,14 @@ def _write_case(folder, dataset, case, header, target_spacing, image_order) -> N
                                                     target_spacing, image_order=image_order)
     fg = preprocess.foreground_locations(label)
     stem = os.path.join(folder, case.case_id)
-    _atomic_write(stem + "_image.npy", lambda f: np.save(f, image))
-    _atomic_write(stem + "_label.npy", lambda f: np.save(f, label))
-    _atomic_write(stem + "_fg.npz", lambda f: np.savez(f, **{str(k): v for k, v in fg.items()}))
+    fileio.write_atomic(stem + "_image.npy", _npy_bytes(np.save, image))
+    fileio.write_atomic(stem + "_label.npy", _npy_bytes(np.save, label))
+    fileio.write_atomic(stem + "_fg.npz", _npy_bytes(np.savez, **{str(k): v for k, v in fg.items()}))
     meta.update(case_id=case.case_id, spacing=list(target_spacing),
                 original_spacing=list(header.spacing), original_shape=list(header.shape),
                 original_affine=header.affine.tolist(), image_path=case.image_path,
                 source=[_fingerprint(case.image_path), _fingerprint(case.label_path)])
-    _write_json(stem + ".json", meta)  # Last: its presence marks the case complete.
+    fileio.write_json(stem + ".json", meta)  # Last: its presence marks the case complete.
 
 
 def prepare_dataset(dataset: msd.Dataset, cache_dir: str, *, spacing=None, image_order=3):
@@ -124,7 +114,7 @@ def prepare_dataset(dataset: msd.Dataset, cache_dir: str, *, spacing=None, image
     settings = settings_key(dataset, spacing, image_order)
     folder = cache_folder(cache_dir, dataset, settings)
     os.makedirs(folder, exist_ok=True)
-    _write_json(os.path.join(folder, "settings.json"), settings)
+    fileio.write_json(os.path.join(folder, "settings.json"), settings)
     cases, start, fresh = [], time.time(), 0
     for i, (case, header) in enumerate(zip(dataset.cases, headers)):
         prepared = _load_cached(folder, case)

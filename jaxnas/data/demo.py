@@ -25,7 +25,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from typing import NamedTuple
 
@@ -33,6 +32,8 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 from scipy import ndimage
+
+from jaxnas import fileio
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -306,21 +307,6 @@ def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Writes to a hidden temporary file next to `path`, then renames it onto `path`."""
-    folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(dir=folder or ".", prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _dataset_json(names: list[str]) -> dict:
     """The MSD dataset.json for training cases `names` (file names, e.g. demo_000.nii.gz)."""
     return {
@@ -383,7 +369,7 @@ def _write_cases(
         image, label, affine = make_case(template, np.random.default_rng((seed, i)), spacing)
         names.append(f"demo_{i:03d}.nii.gz")
         for sub, array in (("imagesTr", image), ("labelsTr", label)):
-            _write_atomic(os.path.join(out_dir, sub, names[-1]), _nifti_gz_bytes(array, affine))
+            fileio.write_atomic(os.path.join(out_dir, sub, names[-1]), _nifti_gz_bytes(array, affine))
         floors.append(median_floor_dice(image, label))
         logging.info(
             "Wrote %s: shape %s, spacing %s mm.",
@@ -435,10 +421,10 @@ def build_demo(
     template = load_template(template_spacing or SPACING_JITTER[0] * spacing)
     names, floor = _write_cases(out_dir, template, num_cases, seed, spacing)
     _remove_stale(out_dir, set(names))
-    _write_atomic(
+    fileio.write_atomic(
         os.path.join(out_dir, "README.md"), _readme(num_cases, seed, spacing, floor).encode()
     )
-    _write_atomic(json_path, (json.dumps(_dataset_json(names), indent=2) + "\n").encode())
+    fileio.write_atomic(json_path, (json.dumps(_dataset_json(names), indent=2) + "\n").encode())
     logging.info(
         "Intensity-median floor Dice GM %.3f WM %.3f; wrote %s.", floor[1], floor[2], json_path
     )
