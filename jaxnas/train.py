@@ -178,7 +178,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
         "note": "Dice in the preprocessed (resampled, cropped) space of each held-out case; "
                 "the derived architecture keeps the Theta learned during search.",
     }
-    writer.write_scalars(num_steps, {f"val/dice/{n}": v
+    writer.write_scalars(num_steps, {f"val/dice/{n.replace(' ', '_')}": v
                                      for n, v in summary["dice_per_class"].items()})
     writer.write_scalars(num_steps, {"val/dice_mean": summary["dice_mean_foreground"]})
     writer.close()
