@@ -127,38 +127,44 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                  s.num_epochs, steps_per_epoch, config.data.patch_size, s.width,
                  resolve_impl(s.impl))
     epoch_losses, tick, tick_step = [], time.time(), start
-    for step in range(start, num_steps):
-        key = jax.random.fold_in(loop_key, step)  # One sample Z for both steps.
-        state, m = step_w(state, _batch(theta, config, step, 0), key)
-        if step >= warmup_steps:
-            state, m_a = step_a(state, _batch(alpha, config, step, 1), key)
-            m = {**m, **m_a}
-        epoch_losses.append(m["train/loss_w"])
-        done = step + 1
-        if done % steps_per_epoch == 0:
-            epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
-            epoch_losses = []
-            state, reduced = plateau_fn(state, epoch_loss)
-            if bool(reduced):
-                logging.info("training loss plateau: learning rates divided by 10")
-        if done % s.log_every == 0 or done == num_steps:
-            m = jax.device_get(m)
-            if not all(np.isfinite(v) for v in m.values()):
-                raise RunError(f"non-finite loss at step {done} ({m}); the last good "
-                               f"checkpoint in {workdir}/ckpt is kept. Lower --lr_w or "
-                               "--lr_a, or add --ce_weight=1, and rerun to resume.")
-            rate = (done - tick_step) / (time.time() - tick)
-            tick, tick_step = time.time(), done
-            scalars = {**m, "train/lr_w": search.learning_rate(state.opt_w),
-                       "train/lr_a": search.learning_rate(state.opt_a),
-                       "train/steps_per_sec": rate, **_arch_scalars(state.arch)}
-            writer.write_scalars(done, scalars)
-            writer_lib.progress_line(done, num_steps, float(m["train/loss_w"]), rate)
-        # Checkpoints at epoch ends only, so a resumed run replays whole epochs and its
-        # plateau rule sees the same epoch losses.
-        if done % ckpt_steps == 0 or done == num_steps:
-            checkpoints.save(manager, done, state)
-    manager.wait_until_finished()
+    try:
+        for step in range(start, num_steps):
+            key = jax.random.fold_in(loop_key, step)  # One sample Z for both steps.
+            state, m = step_w(state, _batch(theta, config, step, 0), key)
+            if step >= warmup_steps:
+                state, m_a = step_a(state, _batch(alpha, config, step, 1), key)
+                m = {**m, **m_a}
+            epoch_losses.append(m["train/loss_w"])
+            done = step + 1
+            if done % steps_per_epoch == 0:
+                epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
+                epoch_losses = []
+                state, reduced = plateau_fn(state, epoch_loss)
+                if bool(reduced):
+                    logging.info("training loss plateau: learning rates divided by 10")
+            save_now = done % ckpt_steps == 0 or done == num_steps
+            if save_now or done % s.log_every == 0:
+                m = jax.device_get(m)
+                # Checked before every checkpoint too: a NaN state is never saved.
+                if not all(np.isfinite(v) for v in m.values()):
+                    raise RunError(f"non-finite loss at step {done} ({m}); the last good "
+                                   f"checkpoint in {workdir}/ckpt is kept. Lower --lr_w or "
+                                   "--lr_a, or add --ce_weight=1, and rerun to resume.")
+            if done % s.log_every == 0 or done == num_steps:
+                rate = (done - tick_step) / (time.time() - tick)
+                tick, tick_step = time.time(), done
+                scalars = {**m, "train/lr_w": search.learning_rate(state.opt_w),
+                           "train/lr_a": search.learning_rate(state.opt_a),
+                           "train/steps_per_sec": rate, **_arch_scalars(state.arch)}
+                writer.write_scalars(done, scalars)
+                writer_lib.progress_line(done, num_steps, float(m["train/loss_w"]), rate)
+            # Checkpoints at epoch ends only, so a resumed run replays whole epochs and its
+            # plateau rule sees the same epoch losses.
+            if save_now:
+                checkpoints.save(manager, done, state)
+    finally:
+        # An error or interrupt must not lose the checkpoint still being written.
+        manager.wait_until_finished()
 
     # --- Derive and evaluate ---
     genotype = genotype_lib.derive_genotype(state.arch)

@@ -80,6 +80,29 @@ class SearchRunTest(absltest.TestCase):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+    def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(self):
+        workdir = os.path.join(self.tmp, "nan")
+        make_batch = train._batch
+
+        def poisoned(cases, config, step, stream):
+            batch = make_batch(cases, config, step, stream)
+            if step >= 2:  # After the epoch-1 checkpoint.
+                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+            return batch
+
+        train._batch = poisoned
+        try:
+            with self.assertRaisesRegex(train.RunError, "non-finite loss at step 3"):
+                train.search_and_evaluate(self.config, workdir)
+        finally:
+            train._batch = make_batch
+        step, restored = _final_params(workdir)
+        self.assertEqual(step, 2)
+        self.assertTrue(all(np.isfinite(np.asarray(x)).all()
+                            for x in jax.tree.leaves(restored)))
+        self.assertFalse(os.path.exists(os.path.join(workdir, "summary.json")))
+
+
 class TinyFlagfileTest(absltest.TestCase):
 
     def test_cli_run_and_rerun_keeps_finished_outputs(self):
