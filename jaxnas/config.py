@@ -4,6 +4,7 @@ No jax here: the config is plain data, written to the work dir as `config.json`.
 """
 
 import dataclasses
+import os
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class EvalConfig:
     overlap: float = 0.5  # SCNAS: 50% overlap.
     batch_size: int = 2
     gaussian: bool = False
+    mirror: bool = False  # Mirroring test-time augmentation (8 flips; nnU-Net).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Config:
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mode: str = "search"
+    # train / evaluate: a genotype.json, "uresnet" or "random[:SEED]"; empty in evaluate
+    # mode cross-validates the SCNAS search itself.
+    architecture: str = ""
     seed: int = 0
     num_preview_batches: int = 4  # prepare mode: batches drawn for the summary and PNG.
 
@@ -79,9 +84,13 @@ def from_flags(f) -> Config:
         ce_weight=f.ce_weight, plateau_patience=f.plateau_patience, log_every=f.log_every,
         ckpt_every=f.ckpt_every)
     evaluation = EvalConfig(overlap=f.eval_overlap, batch_size=f.eval_batch_size,
-                            gaussian=f.eval_gaussian)
+                            gaussian=f.eval_gaussian, mirror=f.eval_mirror)
+    # A genotype path is made absolute: fold runs and resumes may start elsewhere.
+    architecture = f.architecture
+    if architecture and architecture != "uresnet" and not architecture.startswith("random"):
+        architecture = os.path.abspath(architecture)
     return Config(data=data, search=search, eval=evaluation, mode=f.mode, seed=f.seed,
-                  num_preview_batches=f.num_preview_batches)
+                  num_preview_batches=f.num_preview_batches, architecture=architecture)
 
 
 def _pair(values) -> tuple[float, float]:
@@ -119,5 +128,13 @@ def validate(config: Config) -> None:
         raise ValueError(f"--impl must be auto, fast or xla, got {s.impl!r}")
     if s.width < 1 or s.num_epochs < 1 or s.steps_per_epoch < 0:
         raise ValueError("--width and --num_epochs must be >= 1, --steps_per_epoch >= 0")
+    if config.mode == "train" and not config.architecture:
+        raise ValueError("--mode=train needs --architecture: a genotype.json, uresnet or random")
+    a = config.architecture
+    if a and a != "uresnet" and not a.startswith("random") and not os.path.isfile(a):
+        raise ValueError(f"--architecture={a}: no such genotype file "
+                         "(expected a genotype.json, uresnet, random or random:SEED)")
+    if a.startswith("random:") and not a[len("random:"):].isdigit():
+        raise ValueError(f"--architecture={a}: the seed after random: must be an integer")
     if not 0.0 <= config.eval.overlap < 1.0:
         raise ValueError(f"--eval_overlap must be in [0, 1), got {config.eval.overlap}")

@@ -54,6 +54,20 @@ def derive_genotype(arch) -> dict:
     }
 
 
+def random_genotype(seed: int) -> dict:
+    """The paper's random-architecture baseline: a uniform random op per edge (zero
+    included), seeded; `probs` are uniform and extra records the seed."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, space.NUM_OPS, size=(space.NUM_CELL_TYPES, space.NUM_EDGES))
+    # Logits that are 0 except a tie-breaking epsilon on the drawn op: argmax picks it and
+    # the stored probs stay uniform to 6 digits.
+    arch = np.zeros((space.NUM_CELL_TYPES, space.NUM_EDGES, space.NUM_OPS))
+    np.put_along_axis(arch, index[..., None], 1e-9, axis=-1)
+    genotype = derive_genotype(arch)
+    genotype["extra"] = {"source": "random", "seed": int(seed)}
+    return genotype
+
+
 def save_genotype(path: str, genotype: dict, extra: dict | None = None) -> None:
     """Writes genotype (plus `extra`, merged into genotype["extra"]) atomically to path.
 

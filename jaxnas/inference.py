@@ -3,6 +3,8 @@
 Volumes are channels-last `(x, y, z, c)` numpy arrays; `predict_fn` maps a batch of
 windows `(b, wx, wy, wz, c)` to per-class scores `(b, wx, wy, wz, k)`. Every call of
 `predict_fn` gets the same batch shape (the last batch is padded), so it traces once.
+Mirroring test-time augmentation (nnU-Net's) also predicts each batch flipped along every
+subset of the chosen spatial axes, flips the scores back and averages them.
 """
 
 import itertools
@@ -40,10 +42,37 @@ def gaussian_weights(window, sigma_scale: float = 1.0 / 8) -> np.ndarray:
     return np.maximum(weights, weights[weights > 0].min()).astype(np.float32)
 
 
+def mirror_flips(mirror_axes=(0, 1, 2)) -> list[tuple[int, ...]]:
+    """Every subset of the spatial `mirror_axes`, the empty one (no flip) first."""
+    axes = tuple(sorted({int(a) for a in mirror_axes}))
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror_axes must be spatial axes 0, 1, 2; got {mirror_axes}")
+    return [f for r in range(len(axes) + 1) for f in itertools.combinations(axes, r)]
+
+
+def _predict_batch(predict_fn, batch: np.ndarray, flips) -> np.ndarray:
+    """Mean over `flips` of predict_fn on the flipped batch, flipped back; (b, ..., k)."""
+    total = None
+    for flip in flips:
+        axes = tuple(a + 1 for a in flip)  # Axis 0 of the batch is the window index.
+        x = np.flip(batch, axes) if axes else batch
+        scores = np.asarray(predict_fn(np.ascontiguousarray(x)), np.float32)
+        scores = np.flip(scores, axes) if axes else scores
+        total = scores.copy() if total is None else total + scores
+    return total / len(flips)
+
+
 def sliding_window_predict(predict_fn, volume: np.ndarray, *, window, num_classes: int,
                            overlap: float = 0.5, batch_size: int = 1,
-                           gaussian: bool = False) -> np.ndarray:
-    """Averages `predict_fn` over overlapping windows; returns (x, y, z, k) float32."""
+                           gaussian: bool = False, mirror: bool = False,
+                           mirror_axes=(0, 1, 2)) -> np.ndarray:
+    """Averages `predict_fn` over overlapping windows; returns (x, y, z, k) float32.
+
+    With `mirror`, each batch is also predicted flipped along every subset of
+    `mirror_axes` (all 8 combinations for (0, 1, 2): 8 times the calls) and the flipped-back
+    scores are averaged before stitching.
+    """
+    flips = mirror_flips(mirror_axes) if mirror else [()]
     shape = volume.shape[:3]
     out = np.zeros(shape + (num_classes,), np.float32)
     norm = np.zeros(shape + (1,), np.float32)
@@ -53,7 +82,7 @@ def sliding_window_predict(predict_fn, volume: np.ndarray, *, window, num_classe
         group = starts[i:i + batch_size]
         windows = [patches.extract_patch(volume, s, window) for s in group]
         windows += [windows[0]] * (batch_size - len(group))  # Pad: one batch shape.
-        scores = np.asarray(predict_fn(np.stack(windows)), np.float32)
+        scores = _predict_batch(predict_fn, np.stack(windows), flips)
         for start, score in zip(group, scores):
             region = tuple(slice(s, min(s + w, n)) for s, w, n in zip(start, window, shape))
             crop = tuple(slice(0, r.stop - r.start) for r in region)

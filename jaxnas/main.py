@@ -23,9 +23,13 @@ _C = config_lib.Config
 _S = config_lib.SearchConfig
 _E = config_lib.EvalConfig
 
-_MODE = flags.DEFINE_enum("mode", _C.mode, ["prepare", "search"],
-                          "prepare: validate, preprocess, cache, split and preview patches; "
-                          "search: SCNAS search, derive the genotype, evaluate it.")
+_MODE = flags.DEFINE_enum(
+    "mode", _C.mode, ["prepare", "search", "train", "evaluate", "predict"],
+    "prepare: validate, preprocess, cache, split and preview patches; "
+    "search: SCNAS search on --fold, derive the genotype, evaluate it on the fold; "
+    "train: train --architecture from scratch on --fold and evaluate it; "
+    "evaluate: k-fold cross-validation of the search (or of --architecture); "
+    "predict: label NIfTI files of --input into --output with the model of --workdir.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder that receives every output.",
                                required=True)
 flags.DEFINE_string("data_dir", _D.data_dir, "MSD task folder holding dataset.json.")
@@ -39,6 +43,17 @@ flags.DEFINE_integer("num_folds", _D.num_folds, "Cross-validation folds.")
 flags.DEFINE_integer("fold", _D.fold, "Fold whose validation cases are held out.")
 flags.DEFINE_string("splits_file", _D.splits_file, "A splits.json to use instead of a new one.")
 flags.DEFINE_float("alpha_fraction", _D.alpha_fraction, "Share of training cases for alpha.")
+flags.DEFINE_string("architecture", _C.architecture,
+                    "train / evaluate: a genotype.json (from a search, on this task or "
+                    "another: transfer), uresnet (3D U-ResNet baseline) or random[:SEED].")
+_INPUT = flags.DEFINE_string("input", "", "predict: a NIfTI file or a folder of them (MSD "
+                             "4D files or nnU-Net-style CASE_0000.nii.gz channel files).")
+_OUTPUT = flags.DEFINE_string("output", "", "predict: folder for <case>.nii.gz label maps.")
+_LABELS = flags.DEFINE_string("labels", "", "predict: ground-truth label file or folder, "
+                              "drawn in the pictures with Dice in the log (optional).")
+_SAVE_PROBS = flags.DEFINE_bool("save_probabilities", False,
+                                "predict: also write <case>_probs.nii.gz (float32, k channels).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "predict: replace existing output files.")
 flags.DEFINE_integer("seed", _C.seed, "The one seed every random stream derives from.")
 flags.DEFINE_integer("num_preview_batches", _C.num_preview_batches,
                      "prepare mode: batches drawn for data_summary.json and patches.png.")
@@ -67,6 +82,7 @@ _JIT_CACHE = flags.DEFINE_string(
 flags.DEFINE_float("eval_overlap", _E.overlap, "Sliding-window overlap.")
 flags.DEFINE_integer("eval_batch_size", _E.batch_size, "Windows per inference batch.")
 flags.DEFINE_bool("eval_gaussian", _E.gaussian, "Gaussian weighting of sliding windows.")
+flags.DEFINE_bool("eval_mirror", _E.mirror, "Mirroring test-time augmentation (8 flips).")
 
 
 def _fail(message: str) -> None:
@@ -85,7 +101,10 @@ def _check_workdir(workdir: str, config: config_lib.Config) -> bool:
         return True
     with open(path) as f:
         previous = json.load(f)
-    same = previous == json.loads(json.dumps(dataclasses.asdict(config)))
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    # Settings added since that run was made count as their defaults.
+    defaults = json.loads(json.dumps(dataclasses.asdict(config_lib.Config())))
+    same = _with_defaults(previous, defaults) == current
     finished = os.path.exists(os.path.join(workdir, "summary.json"))
     started = os.path.isdir(os.path.join(workdir, "ckpt")) or finished
     if started and not same:
@@ -96,6 +115,35 @@ def _check_workdir(workdir: str, config: config_lib.Config) -> bool:
                      workdir)
         return False
     return True
+
+
+def _with_defaults(previous, defaults):
+    if not isinstance(previous, dict) or not isinstance(defaults, dict):
+        return previous
+    return {k: _with_defaults(previous.get(k, v), v) for k, v in defaults.items()} | {
+        k: v for k, v in previous.items() if k not in defaults}
+
+
+def _predict(workdir: str, impl: str) -> None:
+    """predict mode: the work dir's model over --input, label NIfTI files into --output."""
+    import jax
+
+    from jaxnas import artifacts
+    from jaxnas import predict
+    from jaxnas import train
+
+    if not _INPUT.value or not _OUTPUT.value:
+        raise ValueError("--mode=predict needs --input (NIfTI file or folder) and --output")
+    try:
+        model, params, plan, description = artifacts.load(workdir, impl=train.resolve_impl(impl))
+    except FileNotFoundError as e:
+        raise msd.DataError(str(e)) from None
+    predict_fn = jax.jit(lambda x: jax.nn.softmax(model.apply(params, x)))
+    written = predict.predict_files(
+        predict_fn, _INPUT.value, _OUTPUT.value, plan, save_probabilities=_SAVE_PROBS.value,
+        overwrite=_OVERWRITE.value, label_path=_LABELS.value or None)
+    logging.info("predict (%s): wrote %d files to %s", description.get("source"),
+                 len(written), _OUTPUT.value)
 
 
 def _quiet_libraries() -> None:
@@ -113,6 +161,14 @@ def main(argv):
         raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
     config = config_lib.from_flags(flags.FLAGS)
     workdir = _WORKDIR.value
+    if config.mode == "predict":
+        # The work dir holds a finished run: its config stays as it is.
+        _use_jit_cache()
+        try:
+            _predict(workdir, config.search.impl)
+        except (ValueError, msd.DataError) as e:
+            _fail(str(e))
+        return
     try:
         config_lib.validate(config)
         if not _check_workdir(workdir, config):
@@ -124,23 +180,28 @@ def main(argv):
         f.write(flags.FLAGS.flags_into_string())
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=1)
+    _use_jit_cache()
+    from jaxnas import crossval
+    from jaxnas import prepare
+    from jaxnas import retrain
+    from jaxnas import train
+
+    run = {"prepare": prepare.run, "search": train.search_and_evaluate,
+           "train": retrain.train_and_evaluate, "evaluate": crossval.cross_validate}
+    try:
+        run[config.mode](config, workdir)
+    except (msd.DataError, train.RunError) as e:
+        _fail(str(e))
+    logging.info("done: outputs in %s", os.path.abspath(workdir))
+
+
+def _use_jit_cache() -> None:
     # Imported late: a flag error should not wait for jax to load.
     import jax
 
     if _JIT_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from jaxnas import prepare
-    from jaxnas import train
-
-    try:
-        if config.mode == "prepare":
-            prepare.run(config, workdir)
-        elif config.mode == "search":
-            train.search_and_evaluate(config, workdir)
-    except (msd.DataError, train.RunError) as e:
-        _fail(str(e))
-    logging.info("done: outputs in %s", os.path.abspath(workdir))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,16 @@ import jax
 import numpy as np
 from absl import logging
 
+from jaxnas import artifacts
+from jaxnas import cell_drawing
 from jaxnas import checkpoints
 from jaxnas import config as config_lib
 from jaxnas import cost
-from jaxnas import fileio
+from jaxnas import evaluation
+from jaxnas import fixed_network
 from jaxnas import genotype as genotype_lib
-from jaxnas import inference
 from jaxnas import losses
-from jaxnas import metrics as metrics_lib
+from jaxnas import models
 from jaxnas import network
 from jaxnas import prepare
 from jaxnas import search
@@ -29,8 +31,7 @@ from jaxnas import writer as writer_lib
 from jaxnas.data import patches
 
 
-class RunError(RuntimeError):
-    """A run that cannot go on (e.g. a non-finite loss); the message says what to do."""
+RunError = evaluation.RunError
 
 
 def resolve_impl(impl: str) -> str:
@@ -68,26 +69,9 @@ def _arch_scalars(arch) -> dict:
     return out
 
 
-def evaluate_cases(predict_fn, cases, *, num_classes, config) -> dict:
-    """Sliding-window Dice per held-out case (preprocessed space) and their mean."""
-    per_case, confusion = {}, np.zeros((num_classes, num_classes), np.int64)
-    for case in cases:
-        scores = inference.sliding_window_predict(
-            predict_fn, np.asarray(case.image), window=config.data.patch_size,
-            num_classes=num_classes, overlap=config.eval.overlap,
-            batch_size=config.eval.batch_size, gaussian=config.eval.gaussian)
-        pred = scores.argmax(-1)
-        dice = metrics_lib.dice_per_class(pred, np.asarray(case.label), num_classes)
-        per_case[case.case_id] = dice.tolist()
-        confusion += metrics_lib.confusion_matrix(pred, np.asarray(case.label), num_classes)
-    mean = np.nanmean(np.array(list(per_case.values()), dtype=np.float64), axis=0)
-    return {"per_case": per_case, "dice_per_class": mean.tolist(),
-            "dice_mean_foreground": float(np.nanmean(mean[1:])),
-            "dice_pooled": metrics_lib.dice_from_confusion(confusion).tolist()}
-
-
 def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     """Runs (or resumes) the SCNAS search, writes genotype.json and summary.json."""
+    start_wall = time.time()
     # --- Data ---
     data = prepare.load_training_data(config, workdir)
     theta = [data.cases[i] for i in data.theta_ids]
@@ -145,11 +129,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
             save_now = done % ckpt_steps == 0 or done == num_steps
             if save_now or done % s.log_every == 0:
                 m = jax.device_get(m)
-                # Checked before every checkpoint too: a NaN state is never saved.
-                if not all(np.isfinite(v) for v in m.values()):
-                    raise RunError(f"non-finite loss at step {done} ({m}); the last good "
-                                   f"checkpoint in {workdir}/ckpt is kept. Lower --lr_w or "
-                                   "--lr_a, or add --ce_weight=1, and rerun to resume.")
+                evaluation.check_finite(m, done, workdir)  # Never checkpoint a NaN state.
             if done % s.log_every == 0 or done == num_steps:
                 rate = (done - tick_step) / (time.time() - tick)
                 tick, tick_step = time.time(), done
@@ -166,36 +146,39 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
         # An error or interrupt must not lose the checkpoint still being written.
         manager.wait_until_finished()
 
-    # --- Derive and evaluate ---
+    # --- Derive, evaluate, keep the derived network for predict ---
     genotype = genotype_lib.derive_genotype(state.arch)
-    derived = search.derive_choice(state.arch)
-    predict = jax.jit(lambda params, choice, x: jax.nn.softmax(apply_fn(params, x, choice)))
-    predict_fn = functools.partial(predict, state.params, derived)
-    start_eval = time.time()
-    result = evaluate_cases(predict_fn, held_out, num_classes=num_classes, config=config)
-    eval_s = time.time() - start_eval
-    label_names = [data.dataset.labels.get(k, str(k)) for k in range(num_classes)]
-    summary = {
-        "dataset": data.dataset.name, "fold": config.data.fold, "steps": num_steps,
-        "val_cases": data.val_ids, "labels": label_names,
-        "dice_per_class": dict(zip(label_names, result["dice_per_class"])),
-        "dice_mean_foreground": result["dice_mean_foreground"],
-        "dice_per_case": result["per_case"], "eval_seconds": round(eval_s, 1),
-        "note": "Dice in the preprocessed (resampled, cropped) space of each held-out case; "
-                "the derived architecture keeps the Theta learned during search.",
-    }
-    writer.write_scalars(num_steps, {f"val/dice/{n.replace(' ', '_')}": v
-                                     for n, v in summary["dice_per_class"].items()})
-    writer.write_scalars(num_steps, {"val/dice_mean": summary["dice_mean_foreground"]})
-    writer.close()
     index = genotype_lib.genotype_to_indices(genotype)
-    derived_cost = cost.derived_cost(index, state.params, in_channels=len(
-        data.dataset.modalities), num_classes=num_classes, width=s.width,
-        patch_size=config.data.patch_size)
+    in_channels = len(data.dataset.modalities)
+    description = {"kind": "genotype", "source": "search", "genotype": genotype,
+                   "in_channels": in_channels, "num_classes": num_classes, "width": s.width}
+    model = models.build(description, impl=resolve_impl(s.impl))
+    params = fixed_network.compact_from_supernet(state.params, index)
+    predict_fn = functools.partial(jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, x))),
+                                   params)
+    start_eval = time.time()
+    label_names = dict(data.dataset.labels)
+    result = evaluation.evaluate_cases(predict_fn, held_out, num_classes=num_classes,
+                                       config=config, label_names=label_names,
+                                       picture_dir=os.path.join(workdir, "pictures"))
+    derived_cost = cost.derived_cost(index, state.params, in_channels=in_channels,
+                                     num_classes=num_classes, width=s.width,
+                                     patch_size=config.data.patch_size)
     genotype_lib.save_genotype(os.path.join(workdir, "genotype.json"), genotype,
                                extra={"derived": derived_cost})
-    summary["derived"] = derived_cost
-    fileio.write_json(os.path.join(workdir, "summary.json"), summary)
+    genotype_png = os.path.join(workdir, "pictures", "cells.png")
+    writer.write_image(num_steps, "genotype/cells",
+                       cell_drawing.save_genotype_drawing(genotype_png, genotype))
+    evaluation.pictures_to_tensorboard(writer, num_steps, os.path.join(workdir, "pictures"))
+    artifacts.save(workdir, description, params, artifacts.make_plan(
+        config, spacing=data.spacing, num_channels=in_channels, labels=label_names))
+    summary = evaluation.write_summary(workdir, writer, num_steps, data, result, {
+        "fold": config.data.fold, "mode": "search", "architecture": "scnas search",
+        "derived": derived_cost, "eval_seconds": round(time.time() - start_eval, 1),
+        "wall_seconds": round(time.time() - start_wall, 1),
+        "note": "Dice in the preprocessed (resampled, cropped) space of each held-out case; "
+                "the derived architecture keeps the Theta learned during search."})
+    writer.close()
     logging.info("held-out Dice %s, mean foreground %.4f", summary["dice_per_class"],
                  summary["dice_mean_foreground"])
     return summary

@@ -106,6 +106,28 @@ def preprocess_case(image, label, spacing, target_spacing, *, image_order=3):
     return image, label, meta
 
 
+def preprocess_image(image, spacing, target_spacing, *, image_order=3):
+    """`preprocess_case` for an image without a label (prediction): crop, resample, z-score.
+
+    Args:
+      image: (x, y, z, c) float32 with some nonzero voxel. spacing: voxel size in mm.
+    Returns:
+      (image (X, Y, Z, c) float32, meta) with meta as `preprocess_case`'s plus
+      "original_shape", the (x, y, z) the crop box lies in.
+    """
+    original_shape = [int(n) for n in image.shape[:3]]
+    box = nonzero_bbox(image)
+    image = crop(image, box)
+    mask = np.any(image != 0, axis=-1)
+    new_shape = resampled_shape(image.shape[:3], spacing, target_spacing)
+    image = resample_image(image, new_shape, image_order)
+    mask = resample_mask(mask, new_shape)
+    image = zscore_nonzero(image, mask)
+    meta = {"crop_box": [list(b) for b in box], "cropped_shape": [b - a for a, b in box],
+            "shape": list(new_shape), "original_shape": original_shape}
+    return image, meta
+
+
 def foreground_locations(label: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
     """Up to _MAX_FG_LOCATIONS voxel coordinates (n, 3) per foreground class present."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,49 @@
+"""Training a fixed architecture: one optax chain, pure steps (the search's single-level twin).
+
+`TrainState` is one pytree of arrays, saved by orbax as is. The plateau rule and the
+injected learning rate are the search's (search.py), so a fixed network trains under the
+same optimiser settings as the supernet it is compared with.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Int
+
+from jaxnas import search
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Int[Array, ""]
+    params: dict
+    opt: optax.OptState
+    plateau: search.PlateauState
+
+
+def make_optimizer(lr: float, betas: tuple[float, float]) -> optax.GradientTransformation:
+    """Adam with an injected learning rate (the search's Theta chain)."""
+    tx_w, _ = search.make_optimizers(lr_w=lr, betas_w=betas)
+    return tx_w
+
+
+def init_state(params: dict, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt=tx.init(params),
+                      plateau=search.init_plateau())
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn, tx) -> tuple[TrainState, dict]:
+    """One Adam step on loss_fn(params, batch); returns (state, metrics)."""
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    updates, opt = tx.update(grads, state.opt, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
+    return state.replace(step=state.step + 1, params=params, opt=opt), metrics
+
+
+def plateau_step(state: TrainState, epoch_loss, *, patience: int, factor: float = 0.1):
+    """End of epoch: lr *= factor after `patience` epochs without a better loss."""
+    plateau, reduce = search.plateau_update(state.plateau, epoch_loss, patience=patience)
+    opt = search.scale_learning_rate(state.opt, jnp.where(reduce, factor, 1.0))
+    return state.replace(opt=opt, plateau=plateau), reduce

@@ -1,0 +1,87 @@
+"""Trainable fixed architectures behind one interface: a genotype's network or a baseline.
+
+A model is described by a JSON-ready dict (`model.json` in a work dir), so `predict`
+and `evaluate` rebuild exactly what was trained:
+
+    {"kind": "genotype", "genotype": {...genotype.py format...}, "source": "...",
+     "in_channels": int, "num_classes": int, "width": int}
+    {"kind": "uresnet", "source": "uresnet", "in_channels", "num_classes", "width"}
+
+`build(description, impl=..., ce_weight=...)` turns it into a `Model` of pure functions.
+"""
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from jaxnas import cost
+from jaxnas import fixed_network
+from jaxnas import genotype as genotype_lib
+from jaxnas import losses
+from jaxnas import network
+from jaxnas.baselines import uresnet
+
+KINDS = ("genotype", "uresnet")
+
+
+class Model(NamedTuple):
+    init: Callable[[jax.Array], Any]  # key -> params
+    apply: Callable[[Any, jax.Array], jax.Array]  # (params, image) -> logits
+    loss: Callable[[Any, dict], jax.Array]  # (params, batch) -> scalar (deep supervision in)
+    cost: Callable[[tuple[int, int, int]], dict]  # patch size -> {"params", "gflops", ...}
+
+
+def describe(architecture: str, *, in_channels: int, num_classes: int, width: int,
+             seed: int = 0) -> dict:
+    """The model description of `--architecture`: "uresnet", "random", "random:SEED" or a
+    genotype.json path (found on this task, or on another one: architecture transfer)."""
+    common = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
+    if architecture == "uresnet":
+        return {"kind": "uresnet", "source": "uresnet", **common}
+    if architecture == "random" or architecture.startswith("random:"):
+        random_seed = int(architecture.partition(":")[2] or seed)
+        return {"kind": "genotype", "source": f"random:{random_seed}",
+                "genotype": genotype_lib.random_genotype(random_seed), **common}
+    genotype = genotype_lib.load_genotype(architecture)  # ValueError names the file.
+    return {"kind": "genotype", "source": architecture, "genotype": genotype, **common}
+
+
+def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0) -> Model:
+    """The Model of a description (module docstring)."""
+    kind = description.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
+    c_in, k, width = (description[n] for n in ("in_channels", "num_classes", "width"))
+    loss_fn = functools.partial(losses.dice_ce, num_classes=k, ce_weight=ce_weight)
+    if kind == "uresnet":
+        apply = functools.partial(uresnet.apply_uresnet, impl=impl)
+
+        def ds_loss(params, batch):
+            logits, aux = uresnet.apply_uresnet(params, batch["image"], impl=impl,
+                                                return_aux=True)
+            return uresnet.deep_supervision_loss(loss_fn, logits, aux, batch["label"])
+
+        return Model(
+            init=functools.partial(uresnet.init_uresnet, in_channels=c_in, num_classes=k,
+                                   width=width),
+            apply=apply, loss=ds_loss,
+            cost=lambda patch: uresnet.uresnet_cost(in_channels=c_in, num_classes=k,
+                                                    width=width, patch_size=patch))
+    index = genotype_lib.genotype_to_indices(description["genotype"])
+    static = fixed_network.static_index(index)
+    init = functools.partial(fixed_network.init_fixed, index=static, in_channels=c_in,
+                             num_classes=k, width=width)
+    apply = functools.partial(fixed_network.apply_fixed, index=static, impl=impl)
+
+    def genotype_cost(patch):
+        params = jax.eval_shape(init, jax.random.key(0))
+        return {"params": network.num_params(params),
+                "gflops": cost.derived_macs(index, in_channels=c_in, num_classes=k,
+                                            width=width, patch_size=patch) / 1e9,
+                "patch_size": list(patch)}
+
+    return Model(init=init, apply=apply,
+                 loss=lambda params, batch: loss_fn(apply(params, batch["image"]),
+                                                    batch["label"]),
+                 cost=genotype_cost)
