@@ -2,6 +2,7 @@
 # jaxnas entry point.
 #   ./run.sh               set up .venv, build the demo data if missing, run the demo job
 #   ./run.sh test          run the test suite
+#   ./run.sh compare       SCNAS vs U-ResNet vs random under one budget (experiments/compare.py)
 #   ./run.sh NAME [flags]  python -m jaxnas.main --flagfile=experiments/NAME.flags [flags]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,6 +39,12 @@ case "${1:-}" in
     shift
     cd "$ROOT"
     exec "$PY" -m pytest -q tests "$@"
+    ;;
+  compare)
+    shift
+    ensure_demo
+    cd "$ROOT/experiments"
+    exec "$PY" compare.py "$@"
     ;;
   *)
     EXP="${1:-demo}"; shift || true

@@ -1,0 +1,89 @@
+"""Compares SCNAS with the paper's baselines under one budget; writes a markdown table.
+
+    ./run.sh compare [--out=../runs/compare] [--flagfile=compare.flags] [--uresnet_width=32]
+
+Rows, each a k-fold cross-validation with the settings of the flagfile:
+  SCNAS search       search on the fold's training cases, evaluate the derived network
+                     with the Theta of the search (no retraining, as SCNAS claims);
+  SCNAS retrained    the fold's searched genotype trained from scratch (what a transfer
+                     of the architecture to a new task does: --mode=train --architecture);
+  3D U-ResNet        the paper's hand-designed baseline (attention gates, deep supervision);
+  random             a seeded uniform random op per edge, trained from scratch.
+Every row runs through `python -m jaxnas.main`, so it is resumable: rerun to go on.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jaxnas import crossval  # noqa: E402
+
+
+def _main(args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "jaxnas.main", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=os.path.join(ROOT, "experiments"))
+
+
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _retrained(flagfile: str, out: str, num_folds: int) -> dict:
+    """Per fold, the genotype that fold's search found, trained from scratch on the fold."""
+    summaries = []
+    for fold in range(num_folds):
+        genotype = os.path.join(out, "scnas", f"fold_{fold}", "genotype.json")
+        workdir = os.path.join(out, "retrained", f"fold_{fold}")
+        _main([f"--flagfile={flagfile}", "--mode=train", f"--fold={fold}",
+               f"--architecture={genotype}", f"--workdir={workdir}",
+               f"--splits_file={os.path.join(out, 'scnas', 'splits.json')}"])
+        summaries.append(_load(os.path.join(workdir, "summary.json")))
+    result = crossval.aggregate(summaries)
+    derived = [s["derived"] for s in summaries]
+    result["derived"] = {k: sum(d[k] for d in derived) / len(derived)
+                         for k in ("params", "gflops")}
+    result["wall_seconds"] = sum(s["wall_seconds"] for s in summaries)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "compare"))
+    parser.add_argument("--flagfile", default="compare.flags")
+    parser.add_argument("--num_folds", type=int, default=3, help="must match the flagfile")
+    parser.add_argument("--uresnet_width", type=int, default=32, help="paper: 32")
+    parser.add_argument("--random_seed", type=int, default=1)
+    args = parser.parse_args()
+    out, flagfile = os.path.abspath(args.out), args.flagfile
+    start = time.time()
+    rows = []
+    _main([f"--flagfile={flagfile}", "--mode=evaluate", f"--workdir={out}/scnas"])
+    rows.append(("SCNAS search (Theta of the search)", _load(f"{out}/scnas/summary.json")))
+    rows.append(("SCNAS genotype retrained", _retrained(flagfile, out, args.num_folds)))
+    splits = f"--splits_file={out}/scnas/splits.json"
+    _main([f"--flagfile={flagfile}", "--mode=evaluate", "--architecture=uresnet",
+           f"--width={args.uresnet_width}", f"--workdir={out}/uresnet", splits])
+    rows.append((f"3D U-ResNet (width {args.uresnet_width})", _load(f"{out}/uresnet/summary.json")))
+    _main([f"--flagfile={flagfile}", "--mode=evaluate", splits,
+           f"--architecture=random:{args.random_seed}", f"--workdir={out}/random"])
+    rows.append((f"random architecture (seed {args.random_seed})",
+                 _load(f"{out}/random/summary.json")))
+    labels = rows[0][1]["labels"]
+    table = "\n".join([crossval.markdown_header(labels),
+                       *(crossval.markdown_row(name, r) for name, r in rows)])
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"compare: {(time.time() - start) / 60:.1f} min, table in {out}/compare.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""train / evaluate / predict modes end to end on a tiny synthetic MSD task, and models.py."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import nibabel as nib
+import numpy as np
+from absl.testing import absltest
+
+from jaxnas import artifacts
+from jaxnas import config as config_lib
+from jaxnas import crossval
+from jaxnas import genotype as genotype_lib
+from jaxnas import models
+from jaxnas import network
+from jaxnas import retrain
+from tests import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(data_dir, cache_dir, architecture, num_folds=2):
+    config = config_lib.tiny()
+    data = dataclasses.replace(config.data, data_dir=data_dir, cache_dir=cache_dir,
+                               num_folds=num_folds)
+    return dataclasses.replace(config, data=data, architecture=architecture)
+
+
+class ModelsTest(absltest.TestCase):
+
+    def test_random_genotype_is_seeded_and_uniform(self):
+        a, b, c = (genotype_lib.random_genotype(s) for s in (3, 3, 4))
+        self.assertEqual(a, b)
+        index_a, index_c = (genotype_lib.genotype_to_indices(g) for g in (a, c))
+        self.assertFalse(np.array_equal(index_a, index_c))
+        self.assertGreater(len(np.unique(index_a)), 4)  # Draws from the whole op list.
+        np.testing.assert_allclose(a["cells"]["reduction"][0]["probs"], 1 / 8, atol=1e-6)
+
+    def test_describe_each_architecture(self):
+        kw = dict(in_channels=1, num_classes=3, width=4)
+        self.assertEqual(models.describe("uresnet", **kw)["kind"], "uresnet")
+        random = models.describe("random:7", **kw)
+        self.assertEqual(random["source"], "random:7")
+        path = os.path.join(self.create_tempdir().full_path, "genotype.json")
+        genotype_lib.save_genotype(path, random["genotype"])
+        from_file = models.describe(path, **kw)
+        self.assertEqual(from_file["genotype"]["cells"], random["genotype"]["cells"])
+        with self.assertRaisesRegex(ValueError, "genotype.json"):
+            with open(path, "w") as f:
+                f.write("{}")
+            models.describe(path, **kw)
+
+    def test_fixed_network_is_smaller_than_supernet(self):
+        description = models.describe("random:1", in_channels=1, num_classes=3, width=8)
+        fixed = models.build(description).cost((32, 32, 32))["params"]
+        supernet = network.num_params(jax.eval_shape(
+            lambda: network.init_network(jax.random.key(0), in_channels=1, num_classes=3,
+                                         width=8)))
+        self.assertLess(fixed, supernet / 3)
+
+    def test_validate_architecture(self):
+        config = _config("task", "", "no/such/genotype.json")
+        with self.assertRaisesRegex(ValueError, "no such genotype file"):
+            config_lib.validate(config)
+        with self.assertRaisesRegex(ValueError, "needs --architecture"):
+            config_lib.validate(dataclasses.replace(config, mode="train", architecture=""))
+
+    def test_aggregate_and_markdown(self):
+        folds = [{"fold": k, "labels": ["bg", "a"], "val_cases": [str(k)],
+                  "dice_per_class": {"bg": 0.9, "a": v}, "dice_mean_foreground": v}
+                 for k, v in enumerate((0.5, 0.7))]
+        result = crossval.aggregate(folds)
+        self.assertAlmostEqual(result["dice_mean"]["a"], 0.6)
+        self.assertAlmostEqual(result["dice_std"]["a"], 0.1)
+        result.update(derived={"params": 2e6, "gflops": 1.5}, wall_seconds=120)
+        self.assertEqual(crossval.markdown_row("x", result),
+                         "| x | 0.600 ± 0.100 | 0.600 ± 0.100 | 2.000M | 1.500 | 2.0 |")
+
+
+class EvaluateTrainPredictTest(absltest.TestCase):
+    """One 2-fold cross-validation of a random architecture, then predict with fold 0."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="modes_test")
+        cls.data_dir = os.path.join(cls.tmp, "task")
+        fixtures.write_tiny_msd(cls.data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
+        cls.config = _config(cls.data_dir, os.path.join(cls.tmp, "cache"), "random:5")
+        cls.workdir = os.path.join(cls.tmp, "cv")
+        cls.result = crossval.cross_validate(cls.config, cls.workdir)
+
+    def test_folds_are_disjoint_and_cover_every_case(self):
+        val = [set(f["val_cases"]) for f in self.result["per_fold"]]
+        self.assertEmpty(val[0] & val[1])
+        self.assertLen(val[0] | val[1], 6)
+        self.assertEqual(self.result["num_folds"], 2)
+        self.assertTrue(os.path.exists(os.path.join(self.workdir, "summary.md")))
+        for label in ("background", "outer", "core"):
+            self.assertBetween(self.result["dice_mean"][label], 0.0, 1.0)
+
+    def test_rerun_reuses_finished_folds(self):
+        mtime = os.path.getmtime(os.path.join(self.workdir, "fold_1", "summary.json"))
+        again = crossval.cross_validate(self.config, self.workdir)
+        self.assertEqual(again["dice_mean"], self.result["dice_mean"])
+        self.assertEqual(
+            mtime, os.path.getmtime(os.path.join(self.workdir, "fold_1", "summary.json")))
+
+    def test_final_params_restore(self):
+        fold_dir = os.path.join(self.workdir, "fold_0")
+        model, params, plan, description = artifacts.load(fold_dir, impl="fast")
+        self.assertEqual(description["source"], "random:5")
+        self.assertEqual(plan["patch_size"], [16, 16, 16])
+        with open(os.path.join(fold_dir, "summary.json")) as f:
+            self.assertEqual(json.load(f)["derived"]["params"], network.num_params(params))
+        logits = model.apply(params, np.zeros((1, 16, 16, 16, 1), np.float32))
+        self.assertEqual(logits.shape, (1, 16, 16, 16, 3))
+
+    def test_predict_cli_keeps_shape_and_affine(self):
+        source = os.path.join(self.data_dir, "imagesTr", "case_000.nii.gz")
+        out = os.path.join(self.tmp, "pred")
+        cmd = [sys.executable, "-m", "jaxnas.main", "--mode=predict",
+               f"--workdir={os.path.join(self.workdir, 'fold_0')}", f"--input={source}",
+               f"--output={out}"]
+        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        image, pred = nib.load(source), nib.load(os.path.join(out, "case_000.nii.gz"))
+        self.assertEqual(pred.shape, image.shape[:3])
+        np.testing.assert_array_equal(pred.affine, image.affine)
+        self.assertTrue(os.path.exists(os.path.join(out, "case_000.png")))
+        # A second run refuses to overwrite, with one line naming the file.
+        again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn("case_000.nii.gz", again.stderr.strip().splitlines()[-1])
+
+    def test_predict_needs_a_finished_run(self):
+        cmd = [sys.executable, "-m", "jaxnas.main", "--mode=predict",
+               f"--workdir={self.tmp}/nothing", f"--input={self.data_dir}/imagesTr",
+               f"--output={self.tmp}/p2"]
+        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("holds no finished search or train run", run.stderr)
+
+
+class UResNetTrainTest(absltest.TestCase):
+
+    def test_train_writes_every_output(self):
+        tmp = self.create_tempdir().full_path
+        data_dir = os.path.join(tmp, "task")
+        fixtures.write_tiny_msd(data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
+        config = _config(data_dir, os.path.join(tmp, "cache"), "uresnet", num_folds=3)
+        config = dataclasses.replace(config, search=dataclasses.replace(
+            config.search, num_epochs=4, lr_w=3e-3))
+        summary = retrain.train_and_evaluate(config, os.path.join(tmp, "w"))
+        self.assertEqual(summary["architecture"], "uresnet")
+        self.assertEqual(summary["mode"], "train")
+        for name in ("model.json", "plan.json", "final", "summary.json", "pictures"):
+            self.assertTrue(os.path.exists(os.path.join(tmp, "w", name)), name)
+
+
+if __name__ == "__main__":
+    absltest.main()
