@@ -142,6 +142,12 @@ def _predict(workdir: str, impl: str) -> None:
     written = predict.predict_files(
         predict_fn, _INPUT.value, _OUTPUT.value, plan, save_probabilities=_SAVE_PROBS.value,
         overwrite=_OVERWRITE.value, label_path=_LABELS.value or None)
+    from jaxnas import evaluation
+    from jaxnas import writer as writer_lib
+
+    writer = writer_lib.MetricWriter(_OUTPUT.value)  # The pictures, for TensorBoard too.
+    evaluation.pictures_to_tensorboard(writer, 0, _OUTPUT.value)
+    writer.close()
     logging.info("predict (%s): wrote %d files to %s", description.get("source"),
                  len(written), _OUTPUT.value)
 

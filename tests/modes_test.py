@@ -1,6 +1,7 @@
 """train / evaluate / predict modes end to end on a tiny synthetic MSD task, and models.py."""
 
 import dataclasses
+import glob
 import json
 import os
 import subprocess
@@ -133,6 +134,7 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         self.assertEqual(pred.shape, image.shape[:3])
         np.testing.assert_array_equal(pred.affine, image.affine)
         self.assertTrue(os.path.exists(os.path.join(out, "case_000.png")))
+        self.assertNotEmpty(glob.glob(os.path.join(out, "events.out.tfevents.*")))
         # A second run refuses to overwrite, with one line naming the file.
         again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         self.assertNotEqual(again.returncode, 0)
