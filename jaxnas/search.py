@@ -87,6 +87,35 @@ def sample_edges(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -> OpC
     return {"index": jax.lax.stop_gradient(index), "weight": weight}
 
 
+def sample_edges_gdas(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -> OpChoice:
+    """GDAS (Dong and Yang 2019): one op per edge by straight-through hard Gumbel-softmax.
+
+    Forward, each edge runs only o = argmax_o zbar_o, zbar = softmax((arch + eps) / tau),
+    eps ~ Gumbel(0, 1), with weight exactly 1; backward, that weight has the gradient of
+    zbar_o (straight-through). Returned in the op_choice format of `sample_edges`, the
+    second slot being the zero op with weight 0 (as `choice_from_indices`), so it runs
+    on the same supernet and switch code at the cost of one op per edge.
+
+    Args:
+      key: PRNG key of the Gumbel noise; the sample is a deterministic function of
+        (key, arch, tau).
+      arch: (..., NUM_OPS) logits, normally (4, 14, 8); op space.ZERO_OP fills slot 2.
+      tau: scalar temperature > 0 (only the gradient depends on it).
+
+    Returns:
+      `{"index": int32 (..., 2), "weight": float32 (..., 2)}`: (argmax op, zero op) with
+      weights (1, 0); d weight[..., 0] / d arch = d zbar_argmax / d arch, slot 2 has none.
+    """
+    log_zbar = _log_relaxed(key, arch, tau)
+    first = jnp.argmax(jax.lax.stop_gradient(log_zbar), axis=-1)
+    soft = jnp.exp(jnp.take_along_axis(log_zbar, first[..., None], axis=-1)[..., 0])
+    # 1 + (s - s) is exactly 1 in the forward pass (1 - s + s need not be), gradient ds.
+    hard = 1.0 + (soft - jax.lax.stop_gradient(soft))
+    choice = choice_from_indices(first)
+    weight = jnp.stack([hard, choice["weight"][..., 1]], axis=-1).astype(jnp.float32)
+    return {"index": jax.lax.stop_gradient(choice["index"]), "weight": weight}
+
+
 def choice_from_indices(index: Int[Array, "t e"]) -> OpChoice:
     """One op per edge as an op_choice: index pair (i, zero) with weights (1, 0).
 

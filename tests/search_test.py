@@ -146,6 +146,76 @@ class SamplerTest(absltest.TestCase):
         np.testing.assert_allclose(entropy, np.full(4, np.log(8.0)), rtol=1e-6)
 
 
+class GdasSamplerTest(absltest.TestCase):
+    """sample_edges_gdas: argmax op with weight exactly 1, straight-through gradient."""
+
+    def _soft(self, key, arch, tau):
+        # The same noise drawn independently of search's helpers.
+        eps = jax.random.gumbel(key, arch.shape, arch.dtype)
+        return jax.nn.softmax((arch + eps) / tau, axis=-1)
+
+    def test_argmax_op_weight_one_and_free_zero_slot(self):
+        arch = search.init_arch(jax.random.key(0), scale=1.0)
+        key, tau = jax.random.key(1), jnp.float32(0.7)
+        choice = search.sample_edges_gdas(key, arch, tau)
+        chex.assert_shape(choice["index"], (4, 14, 2))
+        chex.assert_shape(choice["weight"], (4, 14, 2))
+        self.assertEqual(choice["index"].dtype, jnp.int32)
+        self.assertEqual(choice["weight"].dtype, jnp.float32)
+        np.testing.assert_array_equal(
+            choice["index"][..., 0], np.argmax(self._soft(key, arch, tau), axis=-1))
+        np.testing.assert_array_equal(choice["index"][..., 1], space.ZERO_OP)
+        np.testing.assert_array_equal(choice["weight"][..., 0], 1.0)  # exactly, not ~1
+        np.testing.assert_array_equal(choice["weight"][..., 1], 0.0)
+        jitted = jax.jit(search.sample_edges_gdas)(key, arch, tau)
+        chex.assert_trees_all_equal(jitted, choice)
+
+    def test_straight_through_gradient_of_a_linear_toy(self):
+        arch = search.init_arch(jax.random.key(0), scale=1.0)
+        key, tau = jax.random.key(2), jnp.float32(0.5)
+        coef = jax.random.normal(jax.random.key(3), (4, 14, 2))
+        index = search.sample_edges_gdas(key, arch, tau)["index"][..., :1]
+
+        def gdas(a):
+            return jnp.sum(coef * search.sample_edges_gdas(key, a, tau)["weight"])
+
+        def soft(a):  # the soft prob of the chosen op, slot 2 contributes nothing
+            return jnp.sum(coef[..., :1] * jnp.take_along_axis(self._soft(key, a, tau), index, -1))
+
+        grad = jax.grad(gdas)(arch)
+        self.assertGreater(float(jnp.max(jnp.abs(grad))), 1e-3)
+        np.testing.assert_allclose(grad, jax.grad(soft)(arch), rtol=1e-5, atol=1e-7)
+
+    def test_straight_through_gradient_in_the_toy_network(self):
+        # dL/dalpha = (dL/dw at w = 1) * dzbar_argmax/dalpha, w the weight of the chosen op.
+        arch = search.init_arch(jax.random.key(0), scale=1.0)
+        params, batch = toy_params(jax.random.key(4)), toy_batch(jax.random.key(5))
+        key, tau = jax.random.key(6), jnp.float32(1.0)
+        loss_fn = functools.partial(losses.dice_ce, ce_weight=1.0)
+
+        def loss_of_arch(a):
+            choice = search.sample_edges_gdas(key, a, tau)
+            return loss_fn(toy_apply(params, batch["image"], choice), batch["label"])
+
+        choice = search.sample_edges_gdas(key, arch, tau)
+
+        def loss_of_weight(w):
+            logits = toy_apply(params, batch["image"], {"index": choice["index"], "weight": w})
+            return loss_fn(logits, batch["label"])
+
+        grad_w = jax.grad(loss_of_weight)(choice["weight"])[..., 0]
+        chosen = lambda a: jnp.take_along_axis(  # noqa: E731
+            self._soft(key, a, tau), choice["index"][..., :1], -1)[..., 0]
+        expected = jax.vjp(chosen, arch)[1](grad_w)[0]
+        grad = jax.grad(loss_of_arch)(arch)
+        self.assertGreater(float(jnp.max(jnp.abs(grad))), 1e-6)
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-8)
+        # Forward = the one-op derived network of the same indices.
+        np.testing.assert_allclose(
+            loss_of_arch(arch), loss_of_weight(search.choice_from_indices(
+                choice["index"][..., 0])["weight"]), rtol=1e-6)
+
+
 class ScheduleTest(absltest.TestCase):
     def test_tau_values(self):
         tau_fn = search.make_tau_fn(steps_per_epoch=10)
