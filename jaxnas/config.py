@@ -39,6 +39,9 @@ class SearchConfig:
     plateau_patience: int = 20  # Epochs without a better training loss before lr / 10.
     log_every: int = 10
     ckpt_every: int = 100
+    # Device mesh of the search / train steps, e.g. "data:2,space:2" (jaxnas.sharding);
+    # "": one device. Here, not in DataConfig: it says how the steps run, like impl.
+    mesh: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +85,7 @@ def from_flags(f) -> Config:
         warmup_epochs=f.warmup_epochs, lr_w=f.lr_w, betas_w=_pair(f.betas_w), lr_a=f.lr_a,
         betas_a=_pair(f.betas_a), tau_rate=f.tau_rate, tau_min=f.tau_min,
         ce_weight=f.ce_weight, plateau_patience=f.plateau_patience, log_every=f.log_every,
-        ckpt_every=f.ckpt_every)
+        ckpt_every=f.ckpt_every, mesh=f.mesh)
     evaluation = EvalConfig(overlap=f.eval_overlap, batch_size=f.eval_batch_size,
                             gaussian=f.eval_gaussian, mirror=f.eval_mirror)
     # A genotype path is made absolute: fold runs and resumes may start elsewhere.
@@ -136,5 +139,10 @@ def validate(config: Config) -> None:
                          "(expected a genotype.json, uresnet, random or random:SEED)")
     if a.startswith("random:") and not a[len("random:"):].isdigit():
         raise ValueError(f"--architecture={a}: the seed after random: must be an integer")
+    if s.mesh:
+        # Imported here only: config.py stays free of jax for every run without a mesh.
+        from jaxnas import sharding
+
+        sharding.check_divisible(sharding.parse_mesh(s.mesh), d.batch_size, d.patch_size)
     if not 0.0 <= config.eval.overlap < 1.0:
         raise ValueError(f"--eval_overlap must be in [0, 1), got {config.eval.overlap}")

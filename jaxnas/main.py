@@ -75,6 +75,14 @@ flags.DEFINE_integer("plateau_patience", _S.plateau_patience,
                      "Epochs without a better training loss before the lr is divided by 10.")
 flags.DEFINE_integer("log_every", _S.log_every, "Steps between log lines and TensorBoard points.")
 flags.DEFINE_integer("ckpt_every", _S.ckpt_every, "Steps between checkpoints.")
+flags.DEFINE_string("mesh", _S.mesh,
+                    "Devices of the search/train steps, e.g. data:2,space:2 (batch over data, "
+                    "patch depth x over space); empty: one device.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
+                                   "Several machines: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1,
+                                      "Several machines: processes (one per machine).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Several machines: this process, 0-based.")
 _JIT_CACHE = flags.DEFINE_string(
     "jit_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "jaxnas", "xla"),
     "Persistent XLA compilation cache: a rerun or resume skips most of the compile time. "
@@ -181,6 +189,7 @@ def main(argv):
             return
     except ValueError as e:
         _fail(str(e))
+    _init_distributed()
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "flags.txt"), "w") as f:
         f.write(flags.FLAGS.flags_into_string())
@@ -199,6 +208,21 @@ def main(argv):
     except (msd.DataError, train.RunError) as e:
         _fail(str(e))
     logging.info("done: outputs in %s", os.path.abspath(workdir))
+
+
+def _init_distributed() -> None:
+    """Several processes: joins them before any jax computation (the mesh needs them all).
+
+    Every process runs the same program on the same shared --workdir: orbax writes the
+    checkpoints together; every other output is written by every process (same content).
+    """
+    if _NUM_PROCESSES.value <= 1:
+        return
+    import jax
+
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
 
 
 def _use_jit_cache() -> None:

@@ -361,11 +361,14 @@ def _divide_by_window_counts(total: Volume, shape: tuple[int, ...], stride: int)
 
 
 def max_pool3(x: Volume, *, stride: int = 1, impl: str = "fast") -> Volume:
-    """3x3x3 max pool, padding 1 (padded voxels never win)."""
+    """3x3x3 max pool, padding 1 (padded voxels never win).
+
+    Both impls use the separable form (max is exact, so the values equal reduce_window's):
+    the gradient of `lax.reduce_window` max (select_and_scatter) is wrong when the volume
+    is sharded along x (XLA 0.10.2, sharding.py), and the separable form is elementwise.
+    """
     _check_impl(impl)
-    if impl == "fast":
-        return _pool_separable(x, stride, jnp.maximum, -jnp.inf)
-    return _reduce_window(x, stride, -jnp.inf, lax.max)
+    return _pool_separable(x, stride, jnp.maximum, -jnp.inf)
 
 
 def avg_pool3(x: Volume, *, stride: int = 1, impl: str = "fast") -> Volume:

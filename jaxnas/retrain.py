@@ -23,6 +23,7 @@ from jaxnas import evaluation
 from jaxnas import fit
 from jaxnas import models
 from jaxnas import prepare
+from jaxnas import sharding
 from jaxnas import train
 from jaxnas import writer as writer_lib
 
@@ -44,13 +45,16 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     ckpt_steps = max(1, round(s.ckpt_every / steps_per_epoch)) * steps_per_epoch
 
     tx = fit.make_optimizer(s.lr_w, s.betas_w)
-    step_fn = jax.jit(functools.partial(fit.train_step, loss_fn=model.loss, tx=tx),
-                      donate_argnums=0)
+    mesh = sharding.mesh_from_spec(s.mesh)
+    step_fn = sharding.compile_step(
+        functools.partial(fit.train_step, loss_fn=model.loss, tx=tx), mesh, has_key=False)
     plateau_fn = jax.jit(functools.partial(fit.plateau_step, patience=s.plateau_patience))
     init_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     manager = checkpoints.make_manager(workdir)
     state = checkpoints.restore_or_init(manager,
                                         lambda: fit.init_state(model.init(init_key), tx))
+    put_state, put = sharding.placers(mesh)
+    state = put_state(state)
     start = int(state.step)
     writer = writer_lib.MetricWriter(workdir)
     logging.info("train %s: %d steps (%d epochs x %d), patch %s, width %d, from step %d",
@@ -59,7 +63,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     epoch_losses, tick, tick_step = [], time.time(), start
     try:
         for step in range(start, num_steps):
-            state, m = step_fn(state, train._batch(train_cases, config, step, 0))
+            state, m = step_fn(state, put(train._batch(train_cases, config, step, 0)))
             epoch_losses.append(m["train/loss"])
             done = step + 1
             if done % steps_per_epoch == 0:

@@ -26,6 +26,7 @@ from jaxnas import models
 from jaxnas import network
 from jaxnas import prepare
 from jaxnas import search
+from jaxnas import sharding
 from jaxnas import space
 from jaxnas import writer as writer_lib
 from jaxnas.data import patches
@@ -93,7 +94,8 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     loss_fn = functools.partial(losses.dice_ce, num_classes=num_classes, ce_weight=s.ce_weight)
     step_w, step_a = search.make_steps(apply_fn=apply_fn, loss_fn=loss_fn, tx_w=tx_w,
                                        tx_a=tx_a, tau_fn=tau_fn)
-    step_w, step_a = jax.jit(step_w, donate_argnums=0), jax.jit(step_a, donate_argnums=0)
+    mesh = sharding.mesh_from_spec(s.mesh)
+    step_w, step_a = sharding.compile_step(step_w, mesh), sharding.compile_step(step_a, mesh)
     plateau_fn = jax.jit(functools.partial(search.plateau_step, patience=s.plateau_patience))
 
     def init_state():
@@ -101,6 +103,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
 
     manager = checkpoints.make_manager(workdir)
     state = checkpoints.restore_or_init(manager, init_state)
+    # On a mesh every process draws the whole batch and uploads its slices.
+    put_state, put = sharding.placers(mesh)
+    state = put_state(state)
     start = int(state.step)
     if start:
         logging.info("resumed from checkpoint at step %d", start)
@@ -114,9 +119,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     try:
         for step in range(start, num_steps):
             key = jax.random.fold_in(loop_key, step)  # One sample Z for both steps.
-            state, m = step_w(state, _batch(theta, config, step, 0), key)
+            state, m = step_w(state, put(_batch(theta, config, step, 0)), key)
             if step >= warmup_steps:
-                state, m_a = step_a(state, _batch(alpha, config, step, 1), key)
+                state, m_a = step_a(state, put(_batch(alpha, config, step, 1)), key)
                 m = {**m, **m_a}
             epoch_losses.append(m["train/loss_w"])
             done = step + 1
