@@ -25,6 +25,7 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     width: int = 32  # Stem channels (SCNAS: 32); cell widths grow from it.
+    strategy: str = "scnas"  # scnas (2 ops per edge), gdas (1 op), darts (all 8 ops).
     impl: str = "auto"  # Op forms: "fast" (CPU), "xla" (GPU/cuDNN), "auto" by backend.
     num_epochs: int = 400  # SCNAS.
     steps_per_epoch: int = 0  # 0: one patch per Theta case per epoch.
@@ -81,7 +82,8 @@ def from_flags(f) -> Config:
         alpha_fraction=f.alpha_fraction,
     )
     search = SearchConfig(
-        width=f.width, impl=f.impl, num_epochs=f.num_epochs, steps_per_epoch=f.steps_per_epoch,
+        width=f.width, strategy=f.strategy, impl=f.impl, num_epochs=f.num_epochs,
+        steps_per_epoch=f.steps_per_epoch,
         warmup_epochs=f.warmup_epochs, lr_w=f.lr_w, betas_w=_pair(f.betas_w), lr_a=f.lr_a,
         betas_a=_pair(f.betas_a), tau_rate=f.tau_rate, tau_min=f.tau_min,
         ce_weight=f.ce_weight, plateau_patience=f.plateau_patience, log_every=f.log_every,
@@ -127,6 +129,8 @@ def validate(config: Config) -> None:
     s = config.search
     if config.mode != "prepare" and any(p % 8 for p in d.patch_size):
         raise ValueError(f"--patch_size must be divisible by 8 (3 poolings), got {d.patch_size}")
+    if s.strategy not in ("scnas", "gdas", "darts"):
+        raise ValueError(f"--strategy must be scnas, gdas or darts, got {s.strategy!r}")
     if s.impl not in ("auto", "fast", "xla"):
         raise ValueError(f"--impl must be auto, fast or xla, got {s.impl!r}")
     if s.width < 1 or s.num_epochs < 1 or s.steps_per_epoch < 0:

@@ -85,13 +85,13 @@ def cross_validate(config: config_lib.Config, workdir: str) -> dict:
     result = aggregate(summaries)
     derived = [s.get("derived") for s in summaries if s.get("derived")]
     result.update(
-        mode="evaluate", architecture=config.architecture or "scnas search",
+        mode="evaluate", architecture=config.architecture or f"{config.search.strategy} search",
         # One fold's cost: genotypes can differ per fold (search), so the mean is given.
         derived={"params": float(np.mean([d["params"] for d in derived])),
                  "gflops": float(np.mean([d["gflops"] for d in derived])),
                  "patch_size": list(config.data.patch_size)} if derived else None,
         wall_seconds=float(sum(s.get("wall_seconds", 0.0) for s in summaries)))
-    name = config.architecture or "SCNAS search"
+    name = config.architecture or f"{config.search.strategy.upper()} search"
     table = markdown_header(result["labels"]) + "\n" + markdown_row(name, result) + "\n"
     fileio.write_atomic(os.path.join(workdir, "summary.md"), table)
     fileio.write_json(os.path.join(workdir, "summary.json"), result)

@@ -58,6 +58,9 @@ flags.DEFINE_integer("seed", _C.seed, "The one seed every random stream derives 
 flags.DEFINE_integer("num_preview_batches", _C.num_preview_batches,
                      "prepare mode: batches drawn for data_summary.json and patches.png.")
 flags.DEFINE_integer("width", _S.width, "Stem channels; cell widths grow from it.")
+flags.DEFINE_enum("strategy", _S.strategy, ["scnas", "gdas", "darts"],
+                  "Search strategy on the SCNAS space: scnas (2 sampled ops per edge), gdas "
+                  "(1 op, straight-through hard Gumbel), darts (all 8 ops, softmax weights).")
 flags.DEFINE_enum("impl", _S.impl, ["auto", "fast", "xla"],
                   "Op forms: fast (CPU shifted-matmul), xla (GPU/cuDNN), auto by backend.")
 flags.DEFINE_integer("num_epochs", _S.num_epochs, "Search epochs.")

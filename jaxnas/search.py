@@ -334,7 +334,8 @@ def _loss(params, op_choice, batch, apply_fn, loss_fn):
     return loss_fn(logits, batch["label"])
 
 
-def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, tau_fn, loss_fn):
+def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, tau_fn, loss_fn,
+                 sample_fn=None):
     """Updates Theta on a training batch with Z = sample_edges(key, arch, tau_fn(step)).
 
     Pass the same key to the `arch_step` of this iteration (Algorithm 1: one Z for both).
@@ -343,7 +344,7 @@ def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, t
       (state with new params, opt_w and step + 1, metrics of finite float32 scalars).
     """
     tau = tau_fn(state.step)
-    op_choice = sample_edges(key, state.arch, tau)
+    op_choice = (sample_fn or sample_edges)(key, state.arch, tau)
     loss, grads = jax.value_and_grad(_loss)(state.params, op_choice, batch, apply_fn, loss_fn)
     updates, opt_w = tx_w.update(grads, state.opt_w, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -356,7 +357,8 @@ def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, t
     return new_state, metrics
 
 
-def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, tau_fn, loss_fn):
+def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, tau_fn, loss_fn,
+              sample_fn=None):
     """Updates alpha on a validation batch, gradient through the sampled weights.
 
     Call it AFTER the `weights_step` of the same iteration, with the same key: that step
@@ -370,7 +372,7 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, tau_
     tau = tau_fn(jnp.maximum(state.step - 1, 0))
 
     def loss_of_arch(arch):
-        op_choice = sample_edges(key, arch, tau)
+        op_choice = (sample_fn or sample_edges)(key, arch, tau)
         return _loss(state.params, op_choice, batch, apply_fn, loss_fn)
 
     loss, grads = jax.value_and_grad(loss_of_arch)(state.arch)
@@ -384,13 +386,35 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, tau_
     return state.replace(arch=arch, opt_a=opt_a), metrics
 
 
-def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn):
-    """(weights_step, arch_step) with the static arguments bound, ready for jax.jit."""
+def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn, sample_fn=None):
+    """(weights_step, arch_step) with the static arguments bound, ready for jax.jit.
+
+    sample_fn(key, arch, tau) -> what apply_fn takes as its choice (default SCNAS's
+    `sample_edges`; `STRATEGIES` lists the others).
+    """
     step_w = functools.partial(
-        weights_step, apply_fn=apply_fn, tx_w=tx_w, tau_fn=tau_fn, loss_fn=loss_fn
+        weights_step, apply_fn=apply_fn, tx_w=tx_w, tau_fn=tau_fn, loss_fn=loss_fn,
+        sample_fn=sample_fn
     )
     step_a = functools.partial(
-        arch_step, apply_fn=apply_fn, tx_a=tx_a, tau_fn=tau_fn, loss_fn=loss_fn
+        arch_step, apply_fn=apply_fn, tx_a=tx_a, tau_fn=tau_fn, loss_fn=loss_fn,
+        sample_fn=sample_fn
     )
     return step_w, step_a
 
+
+# --- Gradient-based strategies on the SCNAS space: what each samples per step ---
+
+
+def darts_weights(key: jax.Array, arch: ArchLogits, tau) -> ArchLogits:
+    """DARTS (first order): every op on every edge, weighted by softmax(alpha) (4, 14, 8)."""
+    del key, tau
+    return jax.nn.softmax(arch, axis=-1)
+
+
+# strategy -> (sample_fn, whether the network runs all ops: network.apply_network_dense).
+STRATEGIES = {
+    "scnas": (sample_edges, False),  # 2 ops per edge, Gumbel-softmax pair (Algorithm 2).
+    "gdas": (sample_edges_gdas, False),  # 1 op per edge, straight-through hard Gumbel.
+    "darts": (darts_weights, True),  # All 8 ops, softmax weights.
+}

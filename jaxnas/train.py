@@ -43,12 +43,17 @@ def resolve_impl(impl: str) -> str:
 
 
 def make_model(config: config_lib.Config, in_channels: int, num_classes: int):
-    """(init_fn(key) -> params, apply_fn(params, image, op_choice) -> logits)."""
+    """(init_fn(key) -> params, apply_fn(params, image, choice) -> logits) of the supernet.
+
+    The choice is what the strategy samples (search.STRATEGIES): an op pair per edge for
+    SCNAS and GDAS, softmax weights over all ops for DARTS.
+    """
     impl = resolve_impl(config.search.impl)
     init_fn = functools.partial(network.init_network, in_channels=in_channels,
                                 num_classes=num_classes, width=config.search.width)
-    apply_fn = functools.partial(network.apply_network, impl=impl)
-    return init_fn, apply_fn
+    _, dense = search.STRATEGIES[config.search.strategy]
+    apply = network.apply_network_dense if dense else network.apply_network
+    return init_fn, functools.partial(apply, impl=impl)
 
 
 def _batch(cases, config, step, stream):
@@ -92,8 +97,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                                         betas_a=s.betas_a)
     tau_fn = search.make_tau_fn(steps_per_epoch, rate=s.tau_rate, tau_min=s.tau_min)
     loss_fn = functools.partial(losses.dice_ce, num_classes=num_classes, ce_weight=s.ce_weight)
+    sample_fn, _ = search.STRATEGIES[s.strategy]
     step_w, step_a = search.make_steps(apply_fn=apply_fn, loss_fn=loss_fn, tx_w=tx_w,
-                                       tx_a=tx_a, tau_fn=tau_fn)
+                                       tx_a=tx_a, tau_fn=tau_fn, sample_fn=sample_fn)
     mesh = sharding.mesh_from_spec(s.mesh)
     step_w, step_a = sharding.compile_step(step_w, mesh), sharding.compile_step(step_a, mesh)
     plateau_fn = jax.jit(functools.partial(search.plateau_step, patience=s.plateau_patience))
@@ -155,8 +161,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     genotype = genotype_lib.derive_genotype(state.arch)
     index = genotype_lib.genotype_to_indices(genotype)
     in_channels = len(data.dataset.modalities)
-    description = {"kind": "genotype", "source": "search", "genotype": genotype,
-                   "in_channels": in_channels, "num_classes": num_classes, "width": s.width}
+    description = {"kind": "genotype", "source": f"{s.strategy} search",
+                   "genotype": genotype, "in_channels": in_channels,
+                   "num_classes": num_classes, "width": s.width}
     model = models.build(description, impl=resolve_impl(s.impl))
     params = fixed_network.compact_from_supernet(state.params, index)
     predict_fn = functools.partial(jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, x))),
@@ -178,7 +185,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     artifacts.save(workdir, description, params, artifacts.make_plan(
         config, spacing=data.spacing, num_channels=in_channels, labels=label_names))
     summary = evaluation.write_summary(workdir, writer, num_steps, data, result, {
-        "fold": config.data.fold, "mode": "search", "architecture": "scnas search",
+        "fold": config.data.fold, "mode": "search", "architecture": f"{s.strategy} search",
         "derived": derived_cost, "eval_seconds": round(time.time() - start_eval, 1),
         "wall_seconds": round(time.time() - start_wall, 1),
         "note": "Dice in the preprocessed (resampled, cropped) space of each held-out case; "

@@ -313,3 +313,38 @@ class StepsTest(absltest.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+def toy_apply_dense(params, image, weights):
+    """The DARTS form of toy_apply: every op, weights (4, 14, 8)."""
+    outs = jnp.stack([_ACTIVATIONS[i](image @ params["w"][i]) for i in range(space.NUM_OPS)])
+    mixed = jnp.einsum("o...,teo->...", outs, weights)
+    return mixed / (space.NUM_CELL_TYPES * space.NUM_EDGES) + params["b"]
+
+
+class StrategiesTest(absltest.TestCase):
+    """Each strategy's bi-level iteration moves Theta, then alpha, on the toy model."""
+
+    def test_each_strategy_takes_a_step(self):
+        tx_w, tx_a = search.make_optimizers(lr_w=0.01, betas_w=(0.9, 0.999))
+        loss_fn = functools.partial(losses.dice_ce, ce_weight=1.0)
+        key_params, key_arch = jax.random.split(jax.random.key(0))
+        state0 = search.init_state(toy_params(key_params), search.init_arch(key_arch, scale=0.5),
+                                   tx_w, tx_a)
+        batch_w, batch_a = toy_batch(jax.random.key(1)), toy_batch(jax.random.key(2))
+        self.assertEqual(set(search.STRATEGIES), {"scnas", "gdas", "darts"})
+        for name, (sample_fn, dense) in search.STRATEGIES.items():
+            step_w, step_a = search.make_steps(
+                apply_fn=toy_apply_dense if dense else toy_apply, loss_fn=loss_fn, tx_w=tx_w,
+                tx_a=tx_a, tau_fn=search.make_tau_fn(1), sample_fn=sample_fn)
+            state, m_w = jax.jit(step_w)(state0, batch_w, jax.random.key(3))
+            state, m_a = jax.jit(step_a)(state, batch_a, jax.random.key(3))
+            chex.assert_tree_all_finite((m_w, m_a))
+            self.assertFalse(np.allclose(state.params["w"], state0.params["w"]), name)
+            self.assertFalse(np.allclose(state.arch, state0.arch), name)
+
+    def test_darts_weights_are_softmax(self):
+        arch = search.init_arch(jax.random.key(0), scale=1.0)
+        weights = search.darts_weights(None, arch, 1.0)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(weights, jax.nn.softmax(arch, -1))
