@@ -137,9 +137,8 @@ def _with_defaults(previous, defaults):
 
 def _predict(workdir: str, impl: str) -> None:
     """predict mode: the work dir's model over --input, label NIfTI files into --output."""
-    import jax
-
     from jaxnas import artifacts
+    from jaxnas import models
     from jaxnas import predict
     from jaxnas import train
 
@@ -149,7 +148,7 @@ def _predict(workdir: str, impl: str) -> None:
         model, params, plan, description = artifacts.load(workdir, impl=train.resolve_impl(impl))
     except FileNotFoundError as e:
         raise msd.DataError(str(e)) from None
-    predict_fn = jax.jit(lambda x: jax.nn.softmax(model.apply(params, x)))
+    predict_fn = models.probabilities_fn(model, params)
     written = predict.predict_files(
         predict_fn, _INPUT.value, _OUTPUT.value, plan, save_probabilities=_SAVE_PROBS.value,
         overwrite=_OVERWRITE.value, label_path=_LABELS.value or None)

@@ -85,3 +85,9 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0) -> M
                  loss=lambda params, batch: loss_fn(apply(params, batch["image"]),
                                                     batch["label"]),
                  cost=genotype_cost)
+
+
+def probabilities_fn(model: Model, params):
+    """windows (b, x, y, z, c) -> softmax probabilities, jitted once; params are an
+    argument of the compiled program, not constants baked into it."""
+    return functools.partial(jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, x))), params)

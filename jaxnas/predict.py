@@ -185,8 +185,8 @@ def find_inputs(path: str, num_channels: int) -> list[tuple[str, list[str]]]:
 
 def _load_channels(path: str):
     """(nibabel image, float32 voxels (x, y, z, c)) of one file."""
-    img = msd._open_nifti(path)  # pylint: disable=protected-access
-    data = msd._read_voxels(img, path, np.float32)  # pylint: disable=protected-access
+    img = msd.open_nifti(path)
+    data = msd.read_voxels(img, path, np.float32)
     img.uncache()  # get_fdata keeps a copy otherwise.
     return img, (data[..., None] if data.ndim == 3 else data)
 

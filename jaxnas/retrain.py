@@ -86,8 +86,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
         manager.wait_until_finished()
     train_seconds = time.time() - start_wall
 
-    predict_fn = functools.partial(jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, x))),
-                                   state.params)
+    predict_fn = models.probabilities_fn(model, state.params)
     start_eval, label_names = time.time(), dict(data.dataset.labels)
     picture_dir = os.path.join(workdir, "pictures")
     result = evaluation.evaluate_cases(predict_fn, held_out, num_classes=len(label_names),

@@ -166,8 +166,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                    "num_classes": num_classes, "width": s.width}
     model = models.build(description, impl=resolve_impl(s.impl))
     params = fixed_network.compact_from_supernet(state.params, index)
-    predict_fn = functools.partial(jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, x))),
-                                   params)
+    predict_fn = models.probabilities_fn(model, params)
     start_eval = time.time()
     label_names = dict(data.dataset.labels)
     result = evaluation.evaluate_cases(predict_fn, held_out, num_classes=num_classes,

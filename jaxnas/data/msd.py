@@ -147,7 +147,7 @@ def read_dataset(data_dir: str) -> Dataset:
     )
 
 
-def _open_nifti(path: str):
+def open_nifti(path: str):
     if not os.path.isfile(path):
         raise DataError(f"{path}: listed in dataset.json but missing")
     try:
@@ -161,7 +161,7 @@ def _open_nifti(path: str):
 
 def read_header(path: str) -> CaseHeader:
     """Shape, channels, spacing and affine of one NIfTI file, without loading voxels."""
-    img = _open_nifti(path)
+    img = open_nifti(path)
     shape = img.shape
     if len(shape) not in (3, 4):
         raise DataError(f"{path}: has {len(shape)} dimensions; expected 3D or 4D (x, y, z, c)")
@@ -190,7 +190,7 @@ def check_headers(dataset: Dataset, case: Case) -> CaseHeader:
     return image
 
 
-def _read_voxels(img, path: str, dtype) -> np.ndarray:
+def read_voxels(img, path: str, dtype) -> np.ndarray:
     try:
         return np.asarray(img.get_fdata(dtype=dtype) if dtype else img.dataobj)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
@@ -200,7 +200,7 @@ def _read_voxels(img, path: str, dtype) -> np.ndarray:
 
 def load_image(path: str, num_channels: int) -> np.ndarray:
     """Loads a 3D/4D NIfTI as float32 (x, y, z, c) and checks its voxel values."""
-    data = _read_voxels(_open_nifti(path), path, np.float32)
+    data = read_voxels(open_nifti(path), path, np.float32)
     if data.ndim == 3:
         data = data[..., None]
     if data.shape[-1] != num_channels:
@@ -215,7 +215,7 @@ def load_image(path: str, num_channels: int) -> np.ndarray:
 
 def load_label(path: str, labels: dict[int, str]) -> np.ndarray:
     """Loads an integer label map as uint8 (x, y, z); rejects undeclared values."""
-    raw = _read_voxels(_open_nifti(path), path, None)
+    raw = read_voxels(open_nifti(path), path, None)
     if raw.ndim == 4 and raw.shape[-1] == 1:
         raw = raw[..., 0]
     if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
