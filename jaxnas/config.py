@@ -7,6 +7,9 @@ import dataclasses
 import os
 
 
+STRATEGIES = ("scnas", "gdas", "darts", "random", "ronasmis", "c2fnas")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     data_dir: str = ""
@@ -25,7 +28,10 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     width: int = 32  # Stem channels (SCNAS: 32); cell widths grow from it.
-    strategy: str = "scnas"  # scnas (2 ops per edge), gdas (1 op), darts (all 8 ops).
+    # SCNAS space: scnas (2 ops per edge), gdas (1 op), darts (all 8 ops), random (train
+    # num_candidates genotypes briefly, keep the best); ronasmis (RL controller, macro
+    # U-Net space); c2fnas (topology, then ops). jaxnas/strategies/ says what each runs.
+    strategy: str = "scnas"
     impl: str = "auto"  # Op forms: "fast" (CPU), "xla" (GPU/cuDNN), "auto" by backend.
     num_epochs: int = 400  # SCNAS.
     steps_per_epoch: int = 0  # 0: one patch per Theta case per epoch.
@@ -40,6 +46,14 @@ class SearchConfig:
     plateau_patience: int = 20  # Epochs without a better training loss before lr / 10.
     log_every: int = 10
     ckpt_every: int = 100
+    # Strategy settings (each search's iteration budget stays num_epochs x steps_per_epoch).
+    num_candidates: int = 8  # random: genotypes trained; c2fnas: topologies sampled.
+    num_groups: int = 4  # c2fnas: groups of similar topologies, one shared supernet each.
+    coarse_fraction: float = 0.5  # c2fnas: share of the iterations for the coarse stage.
+    num_children: int = 20  # ronasmis: children rewarded per controller step (paper: 20).
+    lr_controller: float = 3.5e-4  # ronasmis: Adam lr of the LSTM controller (ENAS).
+    entropy_weight: float = 1e-4  # ronasmis: entropy bonus of the REINFORCE loss (ENAS).
+    num_val_patches: int = 8  # Patches (one per case) scoring candidates by Dice.
     # Device mesh of the search / train steps, e.g. "data:2,space:2" (jaxnas.sharding);
     # "": one device. Here, not in DataConfig: it says how the steps run, like impl.
     mesh: str = ""
@@ -87,7 +101,10 @@ def from_flags(f) -> Config:
         warmup_epochs=f.warmup_epochs, lr_w=f.lr_w, betas_w=_pair(f.betas_w), lr_a=f.lr_a,
         betas_a=_pair(f.betas_a), tau_rate=f.tau_rate, tau_min=f.tau_min,
         ce_weight=f.ce_weight, plateau_patience=f.plateau_patience, log_every=f.log_every,
-        ckpt_every=f.ckpt_every, mesh=f.mesh)
+        ckpt_every=f.ckpt_every, mesh=f.mesh, num_candidates=f.num_candidates,
+        num_groups=f.num_groups, coarse_fraction=f.coarse_fraction,
+        num_children=f.num_children, lr_controller=f.lr_controller,
+        entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches)
     evaluation = EvalConfig(overlap=f.eval_overlap, batch_size=f.eval_batch_size,
                             gaussian=f.eval_gaussian, mirror=f.eval_mirror)
     # A genotype path is made absolute: fold runs and resumes may start elsewhere.
@@ -129,8 +146,13 @@ def validate(config: Config) -> None:
     s = config.search
     if config.mode != "prepare" and any(p % 8 for p in d.patch_size):
         raise ValueError(f"--patch_size must be divisible by 8 (3 poolings), got {d.patch_size}")
-    if s.strategy not in ("scnas", "gdas", "darts"):
-        raise ValueError(f"--strategy must be scnas, gdas or darts, got {s.strategy!r}")
+    if s.strategy not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
+    if min(s.num_candidates, s.num_groups, s.num_children, s.num_val_patches) < 1:
+        raise ValueError("--num_candidates, --num_groups, --num_children and "
+                         "--num_val_patches must be >= 1")
+    if not 0.0 < s.coarse_fraction < 1.0:
+        raise ValueError(f"--coarse_fraction must be in (0, 1), got {s.coarse_fraction}")
     if s.impl not in ("auto", "fast", "xla"):
         raise ValueError(f"--impl must be auto, fast or xla, got {s.impl!r}")
     if s.width < 1 or s.num_epochs < 1 or s.steps_per_epoch < 0:

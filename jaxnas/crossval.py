@@ -16,7 +16,7 @@ from absl import logging
 from jaxnas import config as config_lib
 from jaxnas import fileio
 from jaxnas import retrain
-from jaxnas import train
+from jaxnas import strategies
 from jaxnas.data import msd
 from jaxnas.data import patches
 
@@ -60,7 +60,7 @@ def markdown_header(labels: list[str]) -> str:
 
 def cross_validate(config: config_lib.Config, workdir: str) -> dict:
     """Runs every fold (search or train), then writes summary.json and summary.md."""
-    run_fold = retrain.train_and_evaluate if config.architecture else train.search_and_evaluate
+    run_fold = retrain.train_and_evaluate if config.architecture else strategies.run
     mode = "train" if config.architecture else "search"
     # One split for every fold, made (or read from --splits_file) before the first fold.
     splits_path = os.path.abspath(os.path.join(workdir, "splits.json"))

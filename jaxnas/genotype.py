@@ -1,8 +1,18 @@
 """The derived architecture (genotype) as JSON: derive from alpha, save, load, validate.
 
-A genotype is a JSON-ready dict:
+One file format for every strategy; `space` says which search space the decisions are of
+(version 1 files have no `space` and are SCNAS cells):
 
-    {"format": "jaxnas.genotype", "version": 1,
+    "scnas"     cell decisions: an op per edge of the 4 cell types (below); scnas, gdas,
+                darts and random search write it.
+    "ronasmis"  {"decisions": {"enc0/op": "conv_3x3x3", "enc0/depth": 2, ...}}: the macro
+                U-Net choices of jaxnas/ronasmis.py (DECISIONS).
+    "c2fnas"    {"topology": [12 levels], "ops": [12 op names]}: the resolution of each
+                cell (a U-path, jaxnas/c2fnas.py) and its op.
+
+An SCNAS genotype:
+
+    {"format": "jaxnas.genotype", "version": 2, "space": "scnas",
      "op_names": [... space.OP_NAMES ...],
      "cells": {cell_type: [{"edge": e, "src": s, "dst": d, "op": name,
                             "probs": [8 floats]}, ...14 edges], ...4 cell types},
@@ -22,7 +32,8 @@ from jaxnas import fileio
 from jaxnas import space
 
 FORMAT = "jaxnas.genotype"
-VERSION = 1
+VERSION = 2  # 2 added "space"; version 1 files (SCNAS cells) still load.
+SPACES = ("scnas", "ronasmis", "c2fnas")
 
 
 def derive_genotype(arch) -> dict:
@@ -48,6 +59,7 @@ def derive_genotype(arch) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
+        "space": "scnas",
         "op_names": list(space.OP_NAMES),
         "cells": cells,
         "extra": {},
@@ -90,12 +102,42 @@ def load_genotype(path: str) -> dict:
     return genotype
 
 
+def macro_genotype(space_name: str, fields: dict, extra: dict | None = None) -> dict:
+    """A ronasmis or c2fnas genotype from its decision fields (module docstring)."""
+    genotype = {"format": FORMAT, "version": VERSION, "space": space_name, **fields,
+                "extra": dict(extra or {})}
+    validate_genotype(genotype)
+    return genotype
+
+
+def space_of(genotype: dict) -> str:
+    return genotype.get("space", "scnas")
+
+
 def validate_genotype(genotype) -> None:
     """Raises ValueError unless genotype has this module's format (any extra is allowed)."""
     if not isinstance(genotype, dict) or genotype.get("format") != FORMAT:
         raise ValueError(f'expected a JSON object with "format": "{FORMAT}"')
-    if genotype.get("version") != VERSION:
+    if genotype.get("version") not in (1, VERSION):
         raise ValueError(f"unsupported version {genotype.get('version')!r}, expected {VERSION}")
+    if not isinstance(genotype.get("extra", {}), dict):
+        raise ValueError('"extra" must be a JSON object')
+    kind = space_of(genotype)
+    if kind not in SPACES or (genotype["version"] == 1 and "space" in genotype):
+        raise ValueError(f"space must be one of {SPACES} (version 2), got {kind!r}")
+    # Imported here: the macro spaces' modules load jax, the SCNAS path stays numpy-only.
+    if kind == "ronasmis":
+        from jaxnas import ronasmis
+
+        if not isinstance(genotype.get("decisions"), dict):
+            raise ValueError('a ronasmis genotype needs "decisions": {name: option}')
+        ronasmis.dict_to_choice(genotype["decisions"])
+        return
+    if kind == "c2fnas":
+        from jaxnas import c2fnas
+
+        c2fnas.from_json(genotype)
+        return
     if genotype.get("op_names") != list(space.OP_NAMES):
         raise ValueError(f"op_names {genotype.get('op_names')!r} differ from {space.OP_NAMES}")
     cells = genotype.get("cells")
@@ -106,8 +148,6 @@ def validate_genotype(genotype) -> None:
             raise ValueError(f"cell {cell_type!r} must list {space.NUM_EDGES} edges")
         for e, edge in enumerate(edges):
             _validate_edge(cell_type, e, edge)
-    if not isinstance(genotype.get("extra", {}), dict):
-        raise ValueError('"extra" must be a JSON object')
 
 
 def _validate_edge(cell_type: str, e: int, edge) -> None:
@@ -127,6 +167,8 @@ def _validate_edge(cell_type: str, e: int, edge) -> None:
 def genotype_to_indices(genotype: dict) -> np.ndarray:
     """Op index per cell type and edge: int32 (4, 14), in space.CELL_TYPES order."""
     validate_genotype(genotype)
+    if space_of(genotype) != "scnas":
+        raise ValueError(f"a {space_of(genotype)} genotype has no SCNAS cells")
     return np.array(
         [
             [space.OP_NAMES.index(edge["op"]) for edge in genotype["cells"][cell_type]]

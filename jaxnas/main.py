@@ -26,7 +26,7 @@ _E = config_lib.EvalConfig
 _MODE = flags.DEFINE_enum(
     "mode", _C.mode, ["prepare", "search", "train", "evaluate", "predict"],
     "prepare: validate, preprocess, cache, split and preview patches; "
-    "search: SCNAS search on --fold, derive the genotype, evaluate it on the fold; "
+    "search: --strategy search on --fold, derive the genotype, evaluate it on the fold; "
     "train: train --architecture from scratch on --fold and evaluate it; "
     "evaluate: k-fold cross-validation of the search (or of --architecture); "
     "predict: label NIfTI files of --input into --output with the model of --workdir.")
@@ -58,9 +58,27 @@ flags.DEFINE_integer("seed", _C.seed, "The one seed every random stream derives 
 flags.DEFINE_integer("num_preview_batches", _C.num_preview_batches,
                      "prepare mode: batches drawn for data_summary.json and patches.png.")
 flags.DEFINE_integer("width", _S.width, "Stem channels; cell widths grow from it.")
-flags.DEFINE_enum("strategy", _S.strategy, ["scnas", "gdas", "darts"],
-                  "Search strategy on the SCNAS space: scnas (2 sampled ops per edge), gdas "
-                  "(1 op, straight-through hard Gumbel), darts (all 8 ops, softmax weights).")
+flags.DEFINE_enum("strategy", _S.strategy, list(config_lib.STRATEGIES),
+                  "Search strategy. SCNAS space: scnas (2 sampled ops per edge), gdas "
+                  "(1 op, straight-through hard Gumbel), darts (all 8 ops, softmax weights), "
+                  "random (train --num_candidates genotypes briefly, keep the best). "
+                  "ronasmis: LSTM controller + REINFORCE over a macro U-Net space, shared "
+                  "weights. c2fnas: coarse topology search (12 cells' resolutions), then "
+                  "fine op search (2D/3D/P3D) on the chosen topology.")
+flags.DEFINE_integer("num_candidates", _S.num_candidates,
+                     "random: genotypes trained; c2fnas: topologies sampled (coarse stage).")
+flags.DEFINE_integer("num_groups", _S.num_groups,
+                     "c2fnas: groups of similar topologies, each with its shared supernet.")
+flags.DEFINE_float("coarse_fraction", _S.coarse_fraction,
+                   "c2fnas: share of the iterations spent on the coarse (topology) stage.")
+flags.DEFINE_integer("num_children", _S.num_children,
+                     "ronasmis: child architectures rewarded per controller step (paper: 20).")
+flags.DEFINE_float("lr_controller", _S.lr_controller, "ronasmis: Adam lr of the controller.")
+flags.DEFINE_float("entropy_weight", _S.entropy_weight,
+                   "ronasmis: entropy bonus weight of the REINFORCE loss.")
+flags.DEFINE_integer("num_val_patches", _S.num_val_patches,
+                     "random, ronasmis, c2fnas: validation patches (one per alpha case, at "
+                     "most this many) that score candidate architectures by Dice.")
 flags.DEFINE_enum("impl", _S.impl, ["auto", "fast", "xla"],
                   "Op forms: fast (CPU shifted-matmul), xla (GPU/cuDNN), auto by backend.")
 flags.DEFINE_integer("num_epochs", _S.num_epochs, "Search epochs.")
@@ -201,9 +219,10 @@ def main(argv):
     from jaxnas import crossval
     from jaxnas import prepare
     from jaxnas import retrain
+    from jaxnas import strategies
     from jaxnas import train
 
-    run = {"prepare": prepare.run, "search": train.search_and_evaluate,
+    run = {"prepare": prepare.run, "search": strategies.run,
            "train": retrain.train_and_evaluate, "evaluate": crossval.cross_validate}
     try:
         run[config.mode](config, workdir)

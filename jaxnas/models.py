@@ -5,6 +5,9 @@ and `evaluate` rebuild exactly what was trained:
 
     {"kind": "genotype", "genotype": {...genotype.py format...}, "source": "...",
      "in_channels": int, "num_classes": int, "width": int}
+
+A genotype of any space (genotype.py: scnas cells, a ronasmis macro U-Net, a c2fnas
+topology with its ops) builds its derived network here, with compact params.
     {"kind": "uresnet", "source": "uresnet", "in_channels", "num_classes", "width"}
 
 `build(description, impl=..., ce_weight=...)` turns it into a `Model` of pure functions.
@@ -15,11 +18,13 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from jaxnas import c2fnas
 from jaxnas import cost
 from jaxnas import fixed_network
 from jaxnas import genotype as genotype_lib
 from jaxnas import losses
 from jaxnas import network
+from jaxnas import ronasmis
 from jaxnas.baselines import uresnet
 
 KINDS = ("genotype", "uresnet")
@@ -68,6 +73,11 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0) -> M
             apply=apply, loss=ds_loss,
             cost=lambda patch: uresnet.uresnet_cost(in_channels=c_in, num_classes=k,
                                                     width=width, patch_size=patch))
+    space_name = genotype_lib.space_of(description["genotype"])
+    if space_name == "ronasmis":
+        return _ronasmis_model(description["genotype"], c_in, k, width, impl, loss_fn)
+    if space_name == "c2fnas":
+        return _c2fnas_model(description["genotype"], c_in, k, width, impl, loss_fn)
     index = genotype_lib.genotype_to_indices(description["genotype"])
     static = fixed_network.static_index(index)
     init = functools.partial(fixed_network.init_fixed, index=static, in_channels=c_in,
@@ -85,6 +95,54 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0) -> M
                  loss=lambda params, batch: loss_fn(apply(params, batch["image"]),
                                                     batch["label"]),
                  cost=genotype_cost)
+
+
+def _ronasmis_model(genotype, c_in, k, width, impl, loss_fn) -> Model:
+    choice = tuple(int(c) for c in ronasmis.dict_to_choice(genotype["decisions"]))
+
+    def init(key):
+        shared = ronasmis.init_network(key, in_channels=c_in, num_classes=k, width=width)
+        return ronasmis.compact_params(shared, choice)
+
+    apply = functools.partial(ronasmis.apply_network, choice=choice, impl=impl)
+
+    def ds_loss(params, batch):
+        logits, aux = ronasmis.apply_network(params, batch["image"], choice, impl=impl,
+                                             return_aux=True)
+        return uresnet.deep_supervision_loss(loss_fn, logits, aux, batch["label"])
+
+    def model_cost(patch):
+        params = jax.eval_shape(init, jax.random.key(0))
+        macs = ronasmis.network_macs(choice, in_channels=c_in, num_classes=k, width=width,
+                                     patch_size=patch)
+        return {"params": network.num_params(params), "gflops": macs / 1e9,
+                "patch_size": list(patch)}
+
+    return Model(init=init, apply=lambda params, image: apply(params, image), loss=ds_loss,
+                 cost=model_cost)
+
+
+def _c2fnas_model(genotype, c_in, k, width, impl, loss_fn) -> Model:
+    topology, ops_ = c2fnas.from_json(genotype)
+
+    def init(key):
+        supernet = c2fnas.init_supernet(key, in_channels=c_in, num_classes=k, width=width)
+        return c2fnas.compact_params(supernet, topology, ops_)
+
+    def apply(params, image):
+        return c2fnas.apply_derived(params, image, topology, ops_, impl=impl)
+
+    def model_cost(patch):
+        params = jax.eval_shape(init, jax.random.key(0))
+        macs = c2fnas.derived_macs(topology, ops_, in_channels=c_in, num_classes=k,
+                                   width=width, patch_size=patch)
+        return {"params": network.num_params(params), "gflops": macs / 1e9,
+                "patch_size": list(patch)}
+
+    return Model(init=init, apply=apply,
+                 loss=lambda params, batch: loss_fn(apply(params, batch["image"]),
+                                                    batch["label"]),
+                 cost=model_cost)
 
 
 def probabilities_fn(model: Model, params):

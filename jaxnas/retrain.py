@@ -21,6 +21,7 @@ from jaxnas import checkpoints
 from jaxnas import config as config_lib
 from jaxnas import evaluation
 from jaxnas import fit
+from jaxnas import genotype as genotype_lib
 from jaxnas import models
 from jaxnas import prepare
 from jaxnas import sharding
@@ -63,7 +64,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     epoch_losses, tick, tick_step = [], time.time(), start
     try:
         for step in range(start, num_steps):
-            state, m = step_fn(state, put(train._batch(train_cases, config, step, 0)))
+            state, m = step_fn(state, put(train.step_batch(train_cases, config, step, 0)))
             epoch_losses.append(m["train/loss"])
             done = step + 1
             if done % steps_per_epoch == 0:
@@ -92,7 +93,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     result = evaluation.evaluate_cases(predict_fn, held_out, num_classes=len(label_names),
                                        config=config, picture_dir=picture_dir,
                                        label_names=label_names)
-    if description["kind"] == "genotype":
+    if description["kind"] == "genotype" and (
+            genotype_lib.space_of(description["genotype"]) == "scnas"):
         writer.write_image(num_steps, "genotype/cells", cell_drawing.save_genotype_drawing(
             os.path.join(picture_dir, "cells.png"), description["genotype"]))
     evaluation.pictures_to_tensorboard(writer, num_steps, picture_dir)

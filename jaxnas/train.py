@@ -56,7 +56,8 @@ def make_model(config: config_lib.Config, in_channels: int, num_classes: int):
     return init_fn, functools.partial(apply, impl=impl)
 
 
-def _batch(cases, config, step, stream):
+def step_batch(cases, config, step: int, stream: int) -> dict:
+    """The batch of (seed, step, stream): 0 trains Theta, 1 alpha (or scores candidates)."""
     # Theta and alpha batches are separate streams of one (seed, step) function.
     d = config.data
     return patches.make_batch(cases, seed=config.seed, step=2 * step + stream,
@@ -125,9 +126,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     try:
         for step in range(start, num_steps):
             key = jax.random.fold_in(loop_key, step)  # One sample Z for both steps.
-            state, m = step_w(state, put(_batch(theta, config, step, 0)), key)
+            state, m = step_w(state, put(step_batch(theta, config, step, 0)), key)
             if step >= warmup_steps:
-                state, m_a = step_a(state, put(_batch(alpha, config, step, 1)), key)
+                state, m_a = step_a(state, put(step_batch(alpha, config, step, 1)), key)
                 m = {**m, **m_a}
             epoch_losses.append(m["train/loss_w"])
             done = step + 1

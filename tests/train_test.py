@@ -82,7 +82,7 @@ class SearchRunTest(absltest.TestCase):
 
     def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(self):
         workdir = os.path.join(self.tmp, "nan")
-        make_batch = train._batch
+        make_batch = train.step_batch
 
         def poisoned(cases, config, step, stream):
             batch = make_batch(cases, config, step, stream)
@@ -90,12 +90,12 @@ class SearchRunTest(absltest.TestCase):
                 batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
             return batch
 
-        train._batch = poisoned
+        train.step_batch = poisoned
         try:
             with self.assertRaisesRegex(train.RunError, "non-finite loss at step 3"):
                 train.search_and_evaluate(self.config, workdir)
         finally:
-            train._batch = make_batch
+            train.step_batch = make_batch
         step, restored = _final_params(workdir)
         self.assertEqual(step, 2)
         self.assertTrue(all(np.isfinite(np.asarray(x)).all()
