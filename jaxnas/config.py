@@ -47,7 +47,8 @@ class SearchConfig:
     log_every: int = 10
     ckpt_every: int = 100
     # Strategy settings (each search's iteration budget stays num_epochs x steps_per_epoch).
-    num_candidates: int = 8  # random: genotypes trained; c2fnas: topologies sampled.
+    num_candidates: int = 8  # random: genotypes trained, each for 1/num_candidates.
+    num_topologies: int = 32  # c2fnas: topologies sampled for the coarse stage.
     num_groups: int = 4  # c2fnas: groups of similar topologies, one shared supernet each.
     coarse_fraction: float = 0.5  # c2fnas: share of the iterations for the coarse stage.
     num_children: int = 20  # ronasmis: children rewarded per controller step (paper: 20).
@@ -102,6 +103,7 @@ def from_flags(f) -> Config:
         betas_a=_pair(f.betas_a), tau_rate=f.tau_rate, tau_min=f.tau_min,
         ce_weight=f.ce_weight, plateau_patience=f.plateau_patience, log_every=f.log_every,
         ckpt_every=f.ckpt_every, mesh=f.mesh, num_candidates=f.num_candidates,
+        num_topologies=f.num_topologies,
         num_groups=f.num_groups, coarse_fraction=f.coarse_fraction,
         num_children=f.num_children, lr_controller=f.lr_controller,
         entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches)
@@ -128,6 +130,13 @@ def tiny() -> Config:
         eval=EvalConfig(batch_size=1))
 
 
+def _genotype_space(path: str) -> str:
+    """The `space` of a genotype file; ValueError naming the file if it cannot be read."""
+    from jaxnas import genotype  # numpy only; imported here like sharding below.
+
+    return genotype.space_of(genotype.load_genotype(path))
+
+
 def validate(config: Config) -> None:
     """Raises ValueError for settings that cannot work, before any long job starts."""
     d = config.data
@@ -148,9 +157,14 @@ def validate(config: Config) -> None:
         raise ValueError(f"--patch_size must be divisible by 8 (3 poolings), got {d.patch_size}")
     if s.strategy not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
-    if min(s.num_candidates, s.num_groups, s.num_children, s.num_val_patches) < 1:
-        raise ValueError("--num_candidates, --num_groups, --num_children and "
-                         "--num_val_patches must be >= 1")
+    if min(s.num_candidates, s.num_topologies, s.num_groups, s.num_children,
+           s.num_val_patches) < 1:
+        raise ValueError("--num_candidates, --num_topologies, --num_groups, --num_children "
+                         "and --num_val_patches must be >= 1")
+    searching = config.mode in ("search", "evaluate") and not config.architecture
+    if searching and s.strategy in ("scnas", "gdas", "darts", "random") and s.width % 4:
+        raise ValueError(f"--width must be divisible by 4 for --strategy={s.strategy} (SCNAS "
+                         f"cell nodes are width / 4 channels), got {s.width}")
     if not 0.0 < s.coarse_fraction < 1.0:
         raise ValueError(f"--coarse_fraction must be in (0, 1), got {s.coarse_fraction}")
     if s.impl not in ("auto", "fast", "xla"):
@@ -163,8 +177,15 @@ def validate(config: Config) -> None:
     if a and a != "uresnet" and not a.startswith("random") and not os.path.isfile(a):
         raise ValueError(f"--architecture={a}: no such genotype file "
                          "(expected a genotype.json, uresnet, random or random:SEED)")
+    if a and a != "uresnet" and s.width % 4 and (
+            a.startswith("random") or _genotype_space(a) == "scnas"):
+        raise ValueError(f"--width must be divisible by 4 for an SCNAS genotype (cell nodes "
+                         f"are width / 4 channels), got {s.width}")
     if a.startswith("random:") and not a[len("random:"):].isdigit():
         raise ValueError(f"--architecture={a}: the seed after random: must be an integer")
+    if s.mesh and searching and s.strategy in ("random", "ronasmis", "c2fnas"):
+        raise ValueError(f"--mesh is not supported with --strategy={s.strategy} yet "
+                         "(scnas, gdas, darts and --mode=train run sharded)")
     if s.mesh:
         # Imported here only: config.py stays free of jax for every run without a mesh.
         from jaxnas import sharding

@@ -39,7 +39,8 @@ def aggregate(fold_summaries: list[dict]) -> dict:
 
 
 def markdown_row(name: str, result: dict) -> str:
-    """One table row: Dice per foreground class mean±std, params, GFLOPs, wall time."""
+    """One table row: Dice per foreground class mean±std, params, GFLOPs, search time
+    (summed over folds; "-" for fixed architectures) and wall time."""
     cells = [name]
     for label in result["labels"][1:]:
         cells.append(f"{result['dice_mean'][label]:.3f} ± {result['dice_std'][label]:.3f}")
@@ -48,14 +49,24 @@ def markdown_row(name: str, result: dict) -> str:
     derived = result.get("derived") or {}
     cells.append(f"{derived.get('params', 0) / 1e6:.3f}M" if derived else "-")
     cells.append(f"{derived['gflops']:.3f}" if derived else "-")
+    search = result.get("search_seconds")
+    cells.append(f"{search / 60:.1f}" if search else "-")
     cells.append(f"{result.get('wall_seconds', 0) / 60:.1f}")
     return "| " + " | ".join(cells) + " |"
 
 
 def markdown_header(labels: list[str]) -> str:
     names = [*(f"Dice {n}" for n in labels[1:]), "Dice mean fg"]
-    columns = ["method", *names, "params", "GFLOPs", "wall min"]
+    columns = ["method", *names, "params", "GFLOPs", "search min", "wall min"]
     return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+
+
+def _search_seconds(summary: dict) -> float:
+    if summary.get("mode") != "search":
+        return 0.0
+    # Summaries written before search_seconds existed: the wall time less the evaluation.
+    return summary.get("search_seconds",
+                       summary.get("wall_seconds", 0.0) - summary.get("eval_seconds", 0.0))
 
 
 def cross_validate(config: config_lib.Config, workdir: str) -> dict:
@@ -90,7 +101,9 @@ def cross_validate(config: config_lib.Config, workdir: str) -> dict:
         derived={"params": float(np.mean([d["params"] for d in derived])),
                  "gflops": float(np.mean([d["gflops"] for d in derived])),
                  "patch_size": list(config.data.patch_size)} if derived else None,
-        wall_seconds=float(sum(s.get("wall_seconds", 0.0) for s in summaries)))
+        wall_seconds=float(sum(s.get("wall_seconds", 0.0) for s in summaries)),
+        # Searches only (train rows have none): the cost of finding the architecture.
+        search_seconds=float(sum(_search_seconds(s) for s in summaries)) or None)
     name = config.architecture or f"{config.search.strategy.upper()} search"
     table = markdown_header(result["labels"]) + "\n" + markdown_row(name, result) + "\n"
     fileio.write_atomic(os.path.join(workdir, "summary.md"), table)

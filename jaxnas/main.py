@@ -66,7 +66,9 @@ flags.DEFINE_enum("strategy", _S.strategy, list(config_lib.STRATEGIES),
                   "weights. c2fnas: coarse topology search (12 cells' resolutions), then "
                   "fine op search (2D/3D/P3D) on the chosen topology.")
 flags.DEFINE_integer("num_candidates", _S.num_candidates,
-                     "random: genotypes trained; c2fnas: topologies sampled (coarse stage).")
+                     "random: genotypes trained, each for 1/num_candidates of the steps.")
+flags.DEFINE_integer("num_topologies", _S.num_topologies,
+                     "c2fnas: topologies sampled for the coarse stage.")
 flags.DEFINE_integer("num_groups", _S.num_groups,
                      "c2fnas: groups of similar topologies, each with its shared supernet.")
 flags.DEFINE_float("coarse_fraction", _S.coarse_fraction,

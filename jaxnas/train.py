@@ -158,6 +158,8 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
         # An error or interrupt must not lose the checkpoint still being written.
         manager.wait_until_finished()
 
+    search_seconds = time.time() - start_wall
+
     # --- Derive, evaluate, keep the derived network for predict ---
     genotype = genotype_lib.derive_genotype(state.arch)
     index = genotype_lib.genotype_to_indices(genotype)
@@ -186,7 +188,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
         config, spacing=data.spacing, num_channels=in_channels, labels=label_names))
     summary = evaluation.write_summary(workdir, writer, num_steps, data, result, {
         "fold": config.data.fold, "mode": "search", "architecture": f"{s.strategy} search",
-        "derived": derived_cost, "eval_seconds": round(time.time() - start_eval, 1),
+        "strategy": s.strategy, "derived": derived_cost,
+        "search_seconds": round(search_seconds, 1),
+        "eval_seconds": round(time.time() - start_eval, 1),
         "wall_seconds": round(time.time() - start_wall, 1),
         "note": "Dice in the preprocessed (resampled, cropped) space of each held-out case; "
                 "the derived architecture keeps the Theta learned during search."})

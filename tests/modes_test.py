@@ -80,7 +80,9 @@ class ModelsTest(absltest.TestCase):
         self.assertAlmostEqual(result["dice_std"]["a"], 0.1)
         result.update(derived={"params": 2e6, "gflops": 1.5}, wall_seconds=120)
         self.assertEqual(crossval.markdown_row("x", result),
-                         "| x | 0.600 ± 0.100 | 0.600 ± 0.100 | 2.000M | 1.500 | 2.0 |")
+                         "| x | 0.600 ± 0.100 | 0.600 ± 0.100 | 2.000M | 1.500 | - | 2.0 |")
+        result.update(search_seconds=90)
+        self.assertIn("| 1.500 | 1.5 | 2.0 |", crossval.markdown_row("x", result))
 
 
 class EvaluateTrainPredictTest(absltest.TestCase):

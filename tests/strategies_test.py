@@ -91,7 +91,8 @@ class GenotypeSpacesTest(absltest.TestCase):
                 config.search, strategy=strategy)))
         for bad, message in ((dict(strategy="enas"), "--strategy"),
                              (dict(coarse_fraction=1.0), "--coarse_fraction"),
-                             (dict(num_children=0), "--num_children")):
+                             (dict(num_children=0), "--num_children"),
+                             (dict(strategy="random", width=6), "divisible by 4")):
             with self.assertRaisesRegex(ValueError, message):
                 config_lib.validate(dataclasses.replace(
                     config, search=dataclasses.replace(config.search, **bad)))
@@ -186,17 +187,17 @@ class StrategiesCliTest(absltest.TestCase):
                    f"--output={self.tmp}/pred_{strategy}")
         self.assertTrue(os.path.exists(f"{self.tmp}/pred_{strategy}/case_000.nii.gz"))
         self._main("--mode=train", f"--architecture={workdir}/genotype.json",
-                   f"--workdir={self.tmp}/train_{strategy}")
+                   f"--workdir={self.tmp}/train_{strategy}", *flags)
         self.assertTrue(os.path.exists(f"{self.tmp}/train_{strategy}/summary.json"))
 
     def test_random(self):
-        self._check_strategy("random", "scnas", "--num_candidates=2")
+        self._check_strategy("random", "scnas", "--num_candidates=2", "--width=4")
 
     def test_ronasmis(self):
         self._check_strategy("ronasmis", "ronasmis", "--num_children=2")
 
     def test_c2fnas(self):
-        self._check_strategy("c2fnas", "c2fnas", "--num_candidates=4", "--num_groups=2")
+        self._check_strategy("c2fnas", "c2fnas", "--num_topologies=4", "--num_groups=2")
 
 
 if __name__ == "__main__":

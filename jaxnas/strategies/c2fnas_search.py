@@ -1,6 +1,6 @@
 """C2FNAS: the coarse stage searches the topology, the fine stage the op of each cell.
 
-Coarse (macro level): `num_candidates` U-path topologies (c2fnas.py: the resolution of
+Coarse (macro level): `num_topologies` U-path topologies (c2fnas.py: the resolution of
 each of 12 cells) are sampled and grouped into `num_groups` groups of similar paths
 (k-means on the level vectors). Each group trains its own shared supernet for its share
 of `coarse_fraction` x num_steps iterations, a topology of the group drawn per step and
@@ -49,7 +49,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     in_channels = len(data.dataset.modalities)
     _, num_steps = common.budget(config, len(theta))
 
-    topologies = c2fnas.sample_topologies(np.random.default_rng(config.seed), s.num_candidates)
+    topologies = c2fnas.sample_topologies(np.random.default_rng(config.seed), s.num_topologies)
     groups = c2fnas.group_topologies(topologies, s.num_groups, seed=config.seed)
     num_groups = int(groups.max()) + 1
     per_group = max(1, round(num_steps * s.coarse_fraction) // num_groups)
