@@ -1,4 +1,8 @@
-"""Drawings of a genotype's 4 cells for people: an RGB array or a PNG file. No jax.
+"""Drawings of a genotype for people: an RGB array or a PNG file. No jax.
+
+Macro spaces (ronasmis, c2fnas) are drawn as their path through the resolution levels:
+one labelled box per stage or cell, level 0 (full resolution) at the top, encoder-decoder
+skip connections dashed. SCNAS genotypes as their 4 cells:
 
 Each cell type (space.CELL_TYPES order) gets one panel, side by side: inputs s0 and s1
 on the left, nodes 0..3 in the middle, the output (channel concat of the nodes) on the
@@ -88,12 +92,62 @@ def draw_genotype(genotype: dict) -> np.ndarray:
       genotype: a genotype dict (genotype.derive_genotype / load_genotype); validated.
     """
     genotype_lib.validate_genotype(genotype)
+    if genotype_lib.space_of(genotype) != "scnas":
+        return _draw_macro(genotype)
     # A bare Figure with its own Agg canvas: no pyplot state, nothing to close.
     fig = Figure(figsize=(4.2 * space.NUM_CELL_TYPES, 3.2), dpi=100)
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(1, space.NUM_CELL_TYPES)
     for ax, cell_type in zip(axes, space.CELL_TYPES):
         _draw_cell(ax, cell_type, genotype["cells"][cell_type])
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def drawing_name(genotype: dict) -> str:
+    """File name of a genotype's drawing: cells.png (SCNAS) or architecture.png."""
+    return "cells.png" if genotype_lib.space_of(genotype) == "scnas" else "architecture.png"
+
+
+def _macro_path(genotype: dict) -> tuple[list, list, str]:
+    """([(label, level)] per box, [(i, j)] skip connections, title) of a macro genotype."""
+    if genotype_lib.space_of(genotype) == "c2fnas":
+        levels = [0, *genotype["topology"]]
+        boxes = [("stem", 0)] + [(o.replace("_", "\n", 1), l)
+                                  for o, l in zip(genotype["ops"], genotype["topology"])]
+        # An up-step adds the most recent map of its level (c2fnas.py).
+        skips = [(max(j for j in range(i) if levels[j] == levels[i]), i)
+                 for i in range(1, len(levels)) if levels[i] < levels[i - 1]]
+        return boxes, skips, "C2FNAS: topology (12 cells) and op per cell"
+    d = genotype["decisions"]
+    stages = [("enc0", 0), ("enc1", 1), ("enc2", 2), ("bottleneck", 3), ("dec2", 2),
+              ("dec1", 1), ("dec0", 0)]
+    boxes = [(f"{name}\n{d[name + '/op']}\nx{d[name + '/depth']}", level)
+             for name, level in stages]
+    skips = [(6 - i, i) for i in (4, 5, 6) if d[stages[i][0] + "/skip"] == "add"]
+    return boxes, skips, "RONASMIS: op, depth and skip of each U-Net stage"
+
+
+def _draw_macro(genotype: dict) -> np.ndarray:
+    boxes, skips, title = _macro_path(genotype)
+    fig = Figure(figsize=(max(6.0, 1.25 * len(boxes)), 3.6), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    xs, ys = np.arange(len(boxes)), [-level for _, level in boxes]
+    ax.plot(xs, ys, "-", color="0.4", zorder=1)
+    for i, j in skips:
+        ax.annotate("", (xs[j], ys[j]), (xs[i], ys[i]), arrowprops=dict(
+            arrowstyle="->", linestyle="--", color="tab:blue", connectionstyle="arc3,rad=0.25"))
+    for x, y, (label, _) in zip(xs, ys, boxes):
+        ax.text(x, y, label, ha="center", va="center", fontsize=7, zorder=2,
+                bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.3"))
+    ax.set_yticks([0, -1, -2, -3], ["1", "1/2", "1/4", "1/8"])
+    ax.set_ylabel("resolution")
+    ax.set_xticks([])
+    ax.set_xlim(-0.7, len(boxes) - 0.3)
+    ax.set_ylim(-3.6, 0.6)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -21,7 +21,6 @@ from jaxnas import checkpoints
 from jaxnas import config as config_lib
 from jaxnas import evaluation
 from jaxnas import fit
-from jaxnas import genotype as genotype_lib
 from jaxnas import models
 from jaxnas import prepare
 from jaxnas import sharding
@@ -93,10 +92,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     result = evaluation.evaluate_cases(predict_fn, held_out, num_classes=len(label_names),
                                        config=config, picture_dir=picture_dir,
                                        label_names=label_names)
-    if description["kind"] == "genotype" and (
-            genotype_lib.space_of(description["genotype"]) == "scnas"):
-        writer.write_image(num_steps, "genotype/cells", cell_drawing.save_genotype_drawing(
-            os.path.join(picture_dir, "cells.png"), description["genotype"]))
+    if description["kind"] == "genotype":
+        name = cell_drawing.drawing_name(description["genotype"])
+        writer.write_image(num_steps, f"genotype/{name[:-4]}", cell_drawing.save_genotype_drawing(
+            os.path.join(picture_dir, name), description["genotype"]))
     evaluation.pictures_to_tensorboard(writer, num_steps, picture_dir)
     artifacts.save(workdir, description, state.params, artifacts.make_plan(
         config, spacing=data.spacing, num_channels=in_channels, labels=label_names))

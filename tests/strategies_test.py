@@ -22,6 +22,7 @@ from absl.testing import absltest
 
 from jaxnas import artifacts
 from jaxnas import c2fnas
+from jaxnas import cell_drawing
 from jaxnas import config as config_lib
 from jaxnas import genotype as genotype_lib
 from jaxnas import models
@@ -72,6 +73,13 @@ class GenotypeSpacesTest(absltest.TestCase):
             fixtures.write_json(path, genotype)
             with self.assertRaisesRegex(ValueError, f"{name}.*{message}"):
                 genotype_lib.load_genotype(path)
+
+    def test_macro_genotypes_are_drawn(self):
+        for name, genotype in _macro_genotypes().items():
+            self.assertEqual(cell_drawing.drawing_name(genotype), "architecture.png")
+            image = cell_drawing.draw_genotype(genotype)
+            self.assertEqual(image.dtype, np.uint8)
+            self.assertGreater(image.std(), 10)  # Not a blank canvas.
 
     def test_version_1_files_are_scnas_cells(self):
         genotype = genotype_lib.random_genotype(3)

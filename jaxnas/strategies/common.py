@@ -76,9 +76,9 @@ def finish(config: config_lib.Config, workdir: str, data, writer, *, description
     genotype = description["genotype"]
     genotype_lib.save_genotype(os.path.join(workdir, "genotype.json"), genotype,
                                extra={"derived": derived, **(genotype_extra or {})})
-    if genotype_lib.space_of(genotype) == "scnas":
-        writer.write_image(step, "genotype/cells", cell_drawing.save_genotype_drawing(
-            os.path.join(picture_dir, "cells.png"), genotype))
+    name = cell_drawing.drawing_name(genotype)
+    writer.write_image(step, f"genotype/{name[:-4]}", cell_drawing.save_genotype_drawing(
+        os.path.join(picture_dir, name), genotype))
     evaluation.pictures_to_tensorboard(writer, step, picture_dir)
     artifacts.save(workdir, description, params, artifacts.make_plan(
         config, spacing=data.spacing, num_channels=description["in_channels"],
