@@ -124,7 +124,7 @@ class TinyFlagfileTest(absltest.TestCase):
         self.assertEqual(rerun.returncode, 0, rerun.stderr[-3000:])
         self.assertIn("already holds this finished run", rerun.stderr)
         self.assertEqual(os.stat(os.path.join(workdir, "summary.json")).st_mtime_ns, mtime)
-        other = subprocess.run(cmd + ["--width=6"], cwd=os.path.join(ROOT, "experiments"),
+        other = subprocess.run(cmd + ["--width=8"], cwd=os.path.join(ROOT, "experiments"),
                                env=env, capture_output=True, text=True, timeout=600)
         self.assertNotEqual(other.returncode, 0)
         self.assertIn("holds a run with other settings", other.stderr)
