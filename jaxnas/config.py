@@ -177,8 +177,10 @@ def validate(config: Config) -> None:
     if a and a != "uresnet" and not a.startswith("random") and not os.path.isfile(a):
         raise ValueError(f"--architecture={a}: no such genotype file "
                          "(expected a genotype.json, uresnet, random or random:SEED)")
-    if a and a != "uresnet" and s.width % 4 and (
-            a.startswith("random") or _genotype_space(a) == "scnas"):
+    # A genotype file is read here: bad content stops the run before any data work.
+    space = "scnas" if a.startswith("random") else (
+        _genotype_space(a) if a and a != "uresnet" else None)
+    if space == "scnas" and s.width % 4:
         raise ValueError(f"--width must be divisible by 4 for an SCNAS genotype (cell nodes "
                          f"are width / 4 channels), got {s.width}")
     if a.startswith("random:") and not a[len("random:"):].isdigit():

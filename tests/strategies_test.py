@@ -81,6 +81,15 @@ class GenotypeSpacesTest(absltest.TestCase):
             self.assertEqual(image.dtype, np.uint8)
             self.assertGreater(image.std(), 10)  # Not a blank canvas.
 
+    def test_bad_genotype_file_stops_validation(self):
+        path = os.path.join(self.create_tempdir().full_path, "genotype.json")
+        fixtures.write_json(path, dict(_macro_genotypes()["c2fnas"], ops=["conv"] * 12))
+        config = dataclasses.replace(config_lib.tiny(), mode="train", architecture=path,
+                                     data=dataclasses.replace(config_lib.tiny().data,
+                                                              data_dir="task"))
+        with self.assertRaisesRegex(ValueError, "genotype.json.*unknown op"):
+            config_lib.validate(config)
+
     def test_version_1_files_are_scnas_cells(self):
         genotype = genotype_lib.random_genotype(3)
         old = {k: v for k, v in genotype.items() if k != "space"} | {"version": 1}
