@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # jaxnas entry point.
 #   ./run.sh               set up .venv, build the demo data if missing, run the demo job
+#   ./run.sh demo_spatial  the same on the spatial demo task (left / right grey matter)
 #   ./run.sh test          run the test suite
 #   ./run.sh compare       SCNAS vs U-ResNet vs random under one budget (experiments/compare.py)
+#   ./run.sh --data_dir=TASK --workdir=W [flags]
+#                          the default flow (demo.flags: planner, search, fine-tune,
+#                          evaluation) on your own MSD task folder
 #   ./run.sh NAME [flags]  python -m jaxnas.main --flagfile=experiments/NAME.flags [flags]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,10 +29,12 @@ ensure_venv() {
   echo "$want" > "$stamp"
 }
 
-ensure_demo() {  # The embedded real demo task (MNI ICBM152 template via nilearn).
-  if [ ! -f "$ROOT/data/demo/dataset.json" ]; then
-    echo "run.sh: building the demo dataset in data/demo" >&2
-    PYTHONPATH="$ROOT" "$PY" -m jaxnas.data.demo --out "$ROOT/data/demo"
+ensure_demo() {  # The embedded real demo tasks (MNI ICBM152 template via nilearn).
+  local name="${1:-demo}" task="tissue"
+  [ "$name" = "demo_spatial" ] && task="hemispheres"
+  if [ ! -f "$ROOT/data/$name/dataset.json" ]; then
+    echo "run.sh: building the $task demo dataset in data/$name" >&2
+    PYTHONPATH="$ROOT" "$PY" -m jaxnas.data.demo --out "$ROOT/data/$name" --task "$task"
   fi
 }
 
@@ -47,10 +53,17 @@ case "${1:-}" in
     exec "$PY" compare.py "$@"
     ;;
   *)
-    EXP="${1:-demo}"; shift || true
+    # `./run.sh --data_dir=TASK --workdir=W`: the default flow (demo.flags) on your data.
+    EXP=demo
+    if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then EXP="$1"; shift; fi
     FLAGFILE="$ROOT/experiments/$EXP.flags"
     [ -f "$FLAGFILE" ] || { echo "run.sh: no flagfile $FLAGFILE" >&2; exit 2; }
-    if grep -q "data/demo" "$FLAGFILE"; then ensure_demo; fi
+    OWN_DATA=0
+    for arg in "$@"; do case "$arg" in --data_dir=*) OWN_DATA=1 ;; esac; done
+    if [ "$OWN_DATA" = 0 ]; then
+      if grep -q "data/demo_spatial" "$FLAGFILE"; then ensure_demo demo_spatial
+      elif grep -q "data/demo" "$FLAGFILE"; then ensure_demo demo; fi
+    fi
     # Paths inside flagfiles (and nested --flagfile) resolve from experiments/.
     cd "$ROOT/experiments"
     exec "$PY" -m jaxnas.main --flagfile="$EXP.flags" "$@"

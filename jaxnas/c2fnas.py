@@ -438,11 +438,6 @@ def apply_supernet(
     return _head(params, pyramid[0])
 
 
-def one_hot_weights(op_indices: Sequence[int]) -> Float[Array, "12 3"]:
-    """Op weights selecting one op per cell (the derived network in the supernet)."""
-    return jax.nn.one_hot(jnp.asarray(_check_ops(op_indices)), len(OP_NAMES), dtype=jnp.float32)
-
-
 def uniform_weights() -> Float[Array, "12 3"]:
     """The coarse stage's op weights: 1/3 each."""
     return jnp.full((NUM_CELLS, len(OP_NAMES)), 1.0 / len(OP_NAMES), jnp.float32)

@@ -6,9 +6,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+def make_manager(workdir: str, name: str = "ckpt", max_to_keep: int = 3) -> ocp.CheckpointManager:
+    """Checkpoints of one phase in <workdir>/<name> (the fine-tune phase has its own)."""
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "ckpt"),
+        os.path.join(os.path.abspath(workdir), name),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 

@@ -23,6 +23,10 @@ class DataConfig:
     fold: int = 0
     splits_file: str = ""  # A user's splits.json; empty: make one in the work dir.
     alpha_fraction: float = 0.5  # Share of the training cases that trains alpha.
+    # The supernet's patch during a search; None: patch_size (the derived network's
+    # fine-tune, train and sliding-window patch).
+    search_patch_size: tuple[int, int, int] | None = None
+    augment: bool = False  # Intensity scale/shift, gamma and noise per patch (patches.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +62,25 @@ class SearchConfig:
     # Device mesh of the search / train steps, e.g. "data:2,space:2" (jaxnas.sharding);
     # "": one device. Here, not in DataConfig: it says how the steps run, like impl.
     mesh: str = ""
+    # Planned runs (jaxnas.planner): > 0 turns the time budget (minutes, compile and
+    # evaluation included) into step counts; 0 keeps num_epochs x steps_per_epoch.
+    budget_minutes: float = 0.0
+    # SCNAS space: 2 runs the cells on a grid half as fine plus a full-resolution
+    # refinement (network.py); 1 is the paper's network.
+    stem_stride: int = 1
+    finetune_fraction: float = 0.0  # Share of the training time fine-tuning the derived net.
+    warmup_fraction: float = 0.0  # Planned search: Theta-only share of the search steps.
+    anneal_fraction: float = 0.0  # Planned search: share of the bi-level steps annealing tau.
+    lr_schedule: str = "constant"  # constant (+ plateau rule) | cosine | poly (warm-up first).
+    dice_background: bool = True  # SCNAS: multi-class Dice with background; nnU-Net: without.
+    batch_dice: bool = False  # Dice sums over the batch (nnU-Net) instead of per patch.
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     overlap: float = 0.5  # SCNAS: 50% overlap.
     batch_size: int = 2
-    gaussian: bool = False
+    gaussian: bool = True  # nnU-Net: windows weighted by a Gaussian (sigma = patch / 8).
     mirror: bool = False  # Mirroring test-time augmentation (8 flips; nnU-Net).
 
 
@@ -79,6 +95,8 @@ class Config:
     architecture: str = ""
     seed: int = 0
     num_preview_batches: int = 4  # prepare mode: batches drawn for the summary and PNG.
+    # Planner settings given as flags (jaxnas.planner keeps these as the user set them).
+    user_set: tuple[str, ...] = ()
 
 
 def from_flags(f) -> Config:
@@ -95,6 +113,8 @@ def from_flags(f) -> Config:
         fold=f.fold,
         splits_file=f.splits_file,
         alpha_fraction=f.alpha_fraction,
+        search_patch_size=tuple(int(v) for v in f.search_patch_size) or None,
+        augment=f.augment,
     )
     search = SearchConfig(
         width=f.width, strategy=f.strategy, impl=f.impl, num_epochs=f.num_epochs,
@@ -106,7 +126,11 @@ def from_flags(f) -> Config:
         num_topologies=f.num_topologies,
         num_groups=f.num_groups, coarse_fraction=f.coarse_fraction,
         num_children=f.num_children, lr_controller=f.lr_controller,
-        entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches)
+        entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches,
+        budget_minutes=f.budget_minutes, stem_stride=f.stem_stride,
+        finetune_fraction=f.finetune_fraction,
+        warmup_fraction=f.warmup_fraction, anneal_fraction=f.anneal_fraction,
+        lr_schedule=f.lr_schedule, dice_background=f.dice_background, batch_dice=f.batch_dice)
     evaluation = EvalConfig(overlap=f.eval_overlap, batch_size=f.eval_batch_size,
                             gaussian=f.eval_gaussian, mirror=f.eval_mirror)
     # A genotype path is made absolute: fold runs and resumes may start elsewhere.
@@ -114,7 +138,8 @@ def from_flags(f) -> Config:
     if architecture and architecture != "uresnet" and not architecture.startswith("random"):
         architecture = os.path.abspath(architecture)
     return Config(data=data, search=search, eval=evaluation, mode=f.mode, seed=f.seed,
-                  num_preview_batches=f.num_preview_batches, architecture=architecture)
+                  num_preview_batches=f.num_preview_batches, architecture=architecture,
+                  user_set=tuple(getattr(f, "user_set", ())))
 
 
 def _pair(values) -> tuple[float, float]:
@@ -193,5 +218,52 @@ def validate(config: Config) -> None:
         from jaxnas import sharding
 
         sharding.check_divisible(sharding.parse_mesh(s.mesh), d.batch_size, d.patch_size)
+    _check_ranges(config)
     if not 0.0 <= config.eval.overlap < 1.0:
         raise ValueError(f"--eval_overlap must be in [0, 1), got {config.eval.overlap}")
+
+
+def _check_ranges(config: Config) -> None:
+    """Numeric settings outside the range where they mean anything: one line per flag."""
+    s, d = config.search, config.data
+    positive = {"lr_w": s.lr_w, "lr_a": s.lr_a, "tau_min": s.tau_min,
+                "lr_controller": s.lr_controller, "log_every": s.log_every,
+                "ckpt_every": s.ckpt_every, "eval_batch_size": config.eval.batch_size}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"--{name} must be > 0, got {value}")
+    non_negative = {"tau_rate": s.tau_rate, "ce_weight": s.ce_weight,
+                    "plateau_patience": s.plateau_patience, "warmup_epochs": s.warmup_epochs,
+                    "entropy_weight": s.entropy_weight}
+    for name, value in non_negative.items():
+        if not value >= 0:
+            raise ValueError(f"--{name} must be >= 0, got {value}")
+    for name, betas in (("betas_w", s.betas_w), ("betas_a", s.betas_a)):
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"--{name} needs two values in [0, 1), got {list(betas)}")
+    if not s.tau_min <= 1.0:
+        raise ValueError(f"--tau_min must be in (0, 1] (tau starts at 1), got {s.tau_min}")
+    for name, value in (("finetune_fraction", s.finetune_fraction),
+                        ("warmup_fraction", s.warmup_fraction),
+                        ("anneal_fraction", s.anneal_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"--{name} must be in [0, 1), got {value}")
+    if s.stem_stride not in (1, 2):
+        raise ValueError(f"--stem_stride must be 1 or 2, got {s.stem_stride}")
+    divisor = 8 * s.stem_stride
+    if config.mode != "prepare" and any(p % divisor for p in d.patch_size):
+        raise ValueError(f"--patch_size must be divisible by {divisor} (3 poolings"
+                         f"{' and the stride-2 stem' if s.stem_stride == 2 else ''}), "
+                         f"got {list(d.patch_size)}")
+    if s.budget_minutes < 0:
+        raise ValueError(f"--budget_minutes must be >= 0 (0: no budget), got {s.budget_minutes}")
+    if s.lr_schedule not in ("constant", "cosine", "poly"):
+        raise ValueError(f"--lr_schedule must be constant, cosine or poly, got {s.lr_schedule!r}")
+    sp = d.search_patch_size
+    if sp is not None and (len(sp) != 3 or any(p < 1 or p % divisor for p in sp)):
+        raise ValueError(f"--search_patch_size needs 3 sizes divisible by {divisor}, "
+                         f"got {list(sp)}")
+    if not 0.0 < d.alpha_fraction < 1.0:
+        raise ValueError(f"--alpha_fraction must be in (0, 1), got {d.alpha_fraction}")
+    if d.num_folds < 2:
+        raise ValueError(f"--num_folds must be >= 2, got {d.num_folds}")

@@ -24,17 +24,22 @@ def _edge_macs(op: str, c: int, voxels: float, stride: int) -> float:
 
 
 def derived_macs(index, *, in_channels: int, num_classes: int, width: int, patch_size,
-                 node_scale: float = network.DEFAULT_NODE_SCALE) -> float:
+                 node_scale: float = network.DEFAULT_NODE_SCALE, stem_stride: int = 1) -> float:
     """Multiply-adds of one forward pass of the derived network on one patch.
 
     Args:
       index: int (4, 14): the chosen op per cell type and edge (space.OP_NAMES).
+      stem_stride: 2 puts the cells on a grid 8x smaller and adds the full-resolution
+        refinement (a 3x3x3 conv of the image and a 1x1x1 head).
     """
     index = np.asarray(index)
     widths = network.node_widths(width, node_scale)
-    voxels = [float(np.prod(patch_size)) / 8**level for level in range(len(widths))]
+    full = float(np.prod(patch_size))
+    voxels = [full / stem_stride**3 / 8**level for level in range(len(widths))]
     channels = {network.STEM: width}
     total = 27 * in_channels * width * voxels[0]  # Stem.
+    if stem_stride == 2:
+        total += (27 * in_channels * width + width * num_classes) * full  # Refinement.
     topology = network.topology()
     levels = {network.STEM: 0, **{i: spec.level for i, spec in enumerate(topology)}}
     for i, spec in enumerate(topology):
@@ -60,6 +65,7 @@ def derived_cost(index, params, *, in_channels: int, num_classes: int, width: in
     return {
         "params": network.num_params_derived(params, index),
         "gflops": derived_macs(index, in_channels=in_channels, num_classes=num_classes,
-                               width=width, patch_size=patch_size) / 1e9,
+                               width=width, patch_size=patch_size,
+                               stem_stride=network.stem_stride(params)) / 1e9,
         "patch_size": list(patch_size),
     }

@@ -79,12 +79,15 @@ def cross_validate(config: config_lib.Config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     patches.load_or_make_splits(splits_path, case_ids, config.data.num_folds, config.seed,
                                 config.data.splits_file)
+    # Every fold reads the same preprocessed cases: one cache, not one per fold dir.
+    cache_dir = config.data.cache_dir or os.path.abspath(os.path.join(workdir, "preprocessed"))
     summaries = []
     for fold in range(config.data.num_folds):
         fold_dir = os.path.join(workdir, f"fold_{fold}")
         fold_config = dataclasses.replace(
             config, mode=mode, data=dataclasses.replace(config.data, fold=fold,
-                                                        splits_file=splits_path))
+                                                        splits_file=splits_path,
+                                                        cache_dir=cache_dir))
         done = os.path.join(fold_dir, "summary.json")
         if os.path.exists(done):
             logging.info("fold %d: reusing %s", fold, done)

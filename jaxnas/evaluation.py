@@ -55,16 +55,18 @@ def evaluate_cases(predict_fn, cases, *, num_classes: int, config: config_lib.Co
 
 
 def write_summary(workdir: str, writer, step: int, data, result: dict, extra: dict) -> dict:
-    """summary.json of a finished run (its presence marks the run finished); returns it."""
+    """summary.json of a finished run (its presence marks the run finished); returns it.
+
+    `extra` carries what the caller knows: fold, mode, architecture, times and a note.
+    """
     num_classes = data.dataset.num_classes
     names = [data.dataset.labels.get(k, str(k)) for k in range(num_classes)]
     summary = {
-        "dataset": data.dataset.name, "fold": None, "steps": step,
+        "dataset": data.dataset.name, "steps": step,
         "val_cases": data.val_ids, "labels": names,
         "dice_per_class": dict(zip(names, result["dice_per_class"])),
         "dice_mean_foreground": result["dice_mean_foreground"],
         "dice_per_case": result["per_case"],
-        "note": "Dice in the preprocessed (resampled, cropped) space of each held-out case.",
         **extra,
     }
     writer.write_scalars(step, {f"val/dice/{n.replace(' ', '_')}": v

@@ -40,8 +40,6 @@ Volume = Float[Array, "b x y z c"]
 Logits = Float[Array, "b x y z k"]
 StaticIndex = tuple[tuple[int, ...], ...]
 
-num_params = network.num_params
-
 
 def static_index(index) -> StaticIndex:
     """(4, 14) op index (numpy array, nested sequence) -> nested tuples of ints (hashable).
@@ -135,12 +133,14 @@ def fixed_spec(
     num_classes: int,
     width: int,
     node_scale: float = network.DEFAULT_NODE_SCALE,
+    stem_stride: int = 1,
 ) -> dict:
     """Param specs of the fixed network for op index (4, 14) (see the module docstring)."""
     index = static_index(index)
-    # Stem, skips and out cell are the supernet's: take them from its spec.
+    # Stem, skips, out cell (and refinement) are the supernet's: take them from its spec.
     spec = network.network_spec(
-        in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale
+        in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale,
+        stem_stride=stem_stride,
     )
     widths = network.node_widths(width, node_scale)
     channels = {network.STEM: width}
@@ -169,6 +169,7 @@ def init_fixed(
     num_classes: int,
     width: int,
     node_scale: float = network.DEFAULT_NODE_SCALE,
+    stem_stride: int = 1,
 ) -> dict:
     """Fresh params of the fixed network for op index (4, 14) (one draw of key).
 
@@ -178,7 +179,8 @@ def init_fixed(
       in_channels, num_classes, width, node_scale: as network.init_network.
     """
     specs = fixed_spec(
-        index, in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale
+        index, in_channels=in_channels, num_classes=num_classes, width=width,
+        node_scale=node_scale, stem_stride=stem_stride,
     )
     return ops.init_params(key, specs)
 

@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from jaxnas import config as config_lib
+from jaxnas import workdir as workdir_lib
 from jaxnas.data import msd
 
 _D = config_lib.DataConfig
@@ -37,6 +38,10 @@ flags.DEFINE_string("cache_dir", _D.cache_dir, "Preprocessed cases; empty: <work
 flags.DEFINE_list("spacing", [], "Target spacing x,y,z in mm; empty: median of the cases.")
 flags.DEFINE_integer("image_order", _D.image_order, "Spline order of image resampling.")
 flags.DEFINE_list("patch_size", [str(v) for v in _D.patch_size], "Patch size x,y,z.")
+flags.DEFINE_list("search_patch_size", [], "Supernet patch x,y,z during a search; empty: "
+                  "--patch_size (the planner picks a smaller one under --budget_minutes).")
+flags.DEFINE_bool("augment", _D.augment, "Intensity augmentation of training patches "
+                  "(scale/shift, gamma, noise; no flips).")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Patches per step.")
 flags.DEFINE_float("fg_fraction", _D.fg_fraction, "Share of patches centred on foreground.")
 flags.DEFINE_integer("num_folds", _D.num_folds, "Cross-validation folds.")
@@ -89,6 +94,27 @@ flags.DEFINE_integer("num_epochs", _S.num_epochs, "Search epochs.")
 flags.DEFINE_integer("steps_per_epoch", _S.steps_per_epoch,
                      "Iterations per epoch; 0: one patch per Theta case.")
 flags.DEFINE_integer("warmup_epochs", _S.warmup_epochs, "Theta-only epochs before alpha moves.")
+flags.DEFINE_float("budget_minutes", _S.budget_minutes,
+                   "Wall-clock budget of the run on this machine, compile and evaluation "
+                   "included. > 0: the planner sizes the run from the data (plan.json says "
+                   "why) and turns the budget into steps; any flag given overrides its "
+                   "choice. 0: --num_epochs x --steps_per_epoch, no planner.")
+flags.DEFINE_integer("stem_stride", _S.stem_stride,
+                     "SCNAS space: 2 runs the cells on a grid half as fine (8x fewer voxels) "
+                     "with a full-resolution refinement head; 1 is the paper's network.")
+flags.DEFINE_float("finetune_fraction", _S.finetune_fraction,
+                   "Share of the training time that fine-tunes the derived network after a "
+                   "search (Theta kept, all training cases).")
+flags.DEFINE_float("warmup_fraction", _S.warmup_fraction,
+                   "Planned search: share of the steps that train Theta only.")
+flags.DEFINE_float("anneal_fraction", _S.anneal_fraction,
+                   "Planned search: share of the bi-level steps over which tau falls to "
+                   "--tau_min and the Gumbel noise to 0 (then the argmax network trains).")
+flags.DEFINE_enum("lr_schedule", _S.lr_schedule, ["constant", "cosine", "poly"],
+                  "constant (with the plateau rule), or warm-up then cosine / poly decay.")
+flags.DEFINE_bool("dice_background", _S.dice_background,
+                  "Count background in the Dice loss (SCNAS) or not (nnU-Net).")
+flags.DEFINE_bool("batch_dice", _S.batch_dice, "Dice summed over the batch (nnU-Net).")
 flags.DEFINE_float("lr_w", _S.lr_w, "Adam learning rate of the network weights Theta.")
 flags.DEFINE_list("betas_w", [str(v) for v in _S.betas_w], "Adam betas of Theta.")
 flags.DEFINE_float("lr_a", _S.lr_a, "Adam learning rate of the architecture logits alpha.")
@@ -97,7 +123,8 @@ flags.DEFINE_float("tau_rate", _S.tau_rate, "tau = max(tau_min, exp(-tau_rate * 
 flags.DEFINE_float("tau_min", _S.tau_min, "Floor of the Gumbel-softmax temperature.")
 flags.DEFINE_float("ce_weight", _S.ce_weight, "Weight of cross-entropy added to the Dice loss.")
 flags.DEFINE_integer("plateau_patience", _S.plateau_patience,
-                     "Epochs without a better training loss before the lr is divided by 10.")
+                     "The lr is divided by 10 once more than this many epochs in a row fail to "
+                     "lower the training loss (PyTorch ReduceLROnPlateau).")
 flags.DEFINE_integer("log_every", _S.log_every, "Steps between log lines and TensorBoard points.")
 flags.DEFINE_integer("ckpt_every", _S.ckpt_every, "Steps between checkpoints.")
 flags.DEFINE_string("mesh", _S.mesh,
@@ -123,40 +150,6 @@ def _fail(message: str) -> None:
     sys.exit(f"jaxnas: error: {message}")
 
 
-def _check_workdir(workdir: str, config: config_lib.Config) -> bool:
-    """False if `workdir` holds this very run finished; raises if it holds another run.
-
-    A finished run (summary.json) or a checkpointed one with other settings is never
-    overwritten: the user picks another --workdir or deletes the old one.
-    """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path) or config.mode == "prepare":
-        return True
-    with open(path) as f:
-        previous = json.load(f)
-    current = json.loads(json.dumps(dataclasses.asdict(config)))
-    # Settings added since that run was made count as their defaults.
-    defaults = json.loads(json.dumps(dataclasses.asdict(config_lib.Config())))
-    same = _with_defaults(previous, defaults) == current
-    finished = os.path.exists(os.path.join(workdir, "summary.json"))
-    started = os.path.isdir(os.path.join(workdir, "ckpt")) or finished
-    if started and not same:
-        raise ValueError(f"{workdir} holds a run with other settings (see its config.json); "
-                         "use another --workdir, or delete that folder to start over")
-    if finished:
-        logging.info("%s already holds this finished run (summary.json); nothing to do",
-                     workdir)
-        return False
-    return True
-
-
-def _with_defaults(previous, defaults):
-    if not isinstance(previous, dict) or not isinstance(defaults, dict):
-        return previous
-    return {k: _with_defaults(previous.get(k, v), v) for k, v in defaults.items()} | {
-        k: v for k, v in previous.items() if k not in defaults}
-
-
 def _predict(workdir: str, impl: str) -> None:
     """predict mode: the work dir's model over --input, label NIfTI files into --output."""
     from jaxnas import artifacts
@@ -170,6 +163,13 @@ def _predict(workdir: str, impl: str) -> None:
         model, params, plan, description = artifacts.load(workdir, impl=train.resolve_impl(impl))
     except FileNotFoundError as e:
         raise msd.DataError(str(e)) from None
+    # Sliding-window flags given on this command line override the run's plan.json.
+    overrides = {key: flags.FLAGS[name].value for name, key in _EVAL_FLAGS.items()
+                 if flags.FLAGS[name].present}
+    plan = predict.override_plan(plan, overrides)
+    logging.info("predict: window %s, overlap %s, gaussian %s, mirror %s, batch %s",
+                 plan["patch_size"], plan["overlap"], plan["gaussian"], plan["mirror"],
+                 plan["batch_size"])
     predict_fn = models.probabilities_fn(model, params)
     written = predict.predict_files(
         predict_fn, _INPUT.value, _OUTPUT.value, plan, save_probabilities=_SAVE_PROBS.value,
@@ -182,6 +182,11 @@ def _predict(workdir: str, impl: str) -> None:
     writer.close()
     logging.info("predict (%s): wrote %d files to %s", description.get("source"),
                  len(written), _OUTPUT.value)
+
+
+# Flags of the sliding window -> plan.json keys (predict mode).
+_EVAL_FLAGS = {"eval_overlap": "overlap", "eval_gaussian": "gaussian",
+               "eval_mirror": "mirror", "eval_batch_size": "batch_size"}
 
 
 def _quiet_libraries() -> None:
@@ -197,7 +202,10 @@ def main(argv):
     _quiet_libraries()
     if len(argv) > 1:
         raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-    config = config_lib.from_flags(flags.FLAGS)
+    from jaxnas import planner  # numpy only
+
+    user_set = tuple(sorted(n for n in planner.FIELDS if flags.FLAGS[n].present))
+    config = config_lib.from_flags(_WithUserSet(flags.FLAGS, user_set))
     workdir = _WORKDIR.value
     if config.mode == "predict":
         # The work dir holds a finished run: its config stays as it is.
@@ -209,7 +217,7 @@ def main(argv):
         return
     try:
         config_lib.validate(config)
-        if not _check_workdir(workdir, config):
+        if not workdir_lib.check(workdir, config):
             return
     except ValueError as e:
         _fail(str(e))
@@ -233,6 +241,16 @@ def main(argv):
     except (msd.DataError, train.RunError) as e:
         _fail(str(e))
     logging.info("done: outputs in %s", os.path.abspath(workdir))
+
+
+class _WithUserSet:
+    """FlagValues plus the names of the planner's settings given on the command line."""
+
+    def __init__(self, values, user_set):
+        self._values, self.user_set = values, user_set
+
+    def __getattr__(self, name):
+        return getattr(self._values, name)
 
 
 def _init_distributed() -> None:

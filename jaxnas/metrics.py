@@ -48,14 +48,3 @@ def dice_per_class(pred, label, num_classes: int, *, empty: float = EMPTY_NAN) -
     return dice_from_confusion(confusion_matrix(pred, label, num_classes), empty=empty)
 
 
-def mean_foreground_dice(dice: np.ndarray) -> float:
-    """Mean Dice over classes 1.. ignoring NaN (nnU-Net); NaN when none is defined."""
-    foreground = np.asarray(dice, np.float64)[1:]
-    defined = foreground[~np.isnan(foreground)]
-    return float(defined.mean()) if defined.size else float("nan")
-
-
-def dice_from_logits(logits, label, *, empty: float = EMPTY_NAN) -> np.ndarray:
-    """Dice per class of argmax(logits, -1) against label; logits (..., k) on host."""
-    logits = np.asarray(logits)
-    return dice_per_class(np.argmax(logits, axis=-1), label, logits.shape[-1], empty=empty)

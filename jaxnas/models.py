@@ -38,7 +38,7 @@ class Model(NamedTuple):
 
 
 def describe(architecture: str, *, in_channels: int, num_classes: int, width: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, stem_stride: int = 1) -> dict:
     """The model description of `--architecture`: "uresnet", "random", "random:SEED" or a
     genotype.json path (found on this task, or on another one: architecture transfer)."""
     common = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
@@ -47,18 +47,22 @@ def describe(architecture: str, *, in_channels: int, num_classes: int, width: in
     if architecture == "random" or architecture.startswith("random:"):
         random_seed = int(architecture.partition(":")[2] or seed)
         return {"kind": "genotype", "source": f"random:{random_seed}",
-                "genotype": genotype_lib.random_genotype(random_seed), **common}
+                "genotype": genotype_lib.random_genotype(random_seed),
+                "stem_stride": stem_stride, **common}
     genotype = genotype_lib.load_genotype(architecture)  # ValueError names the file.
-    return {"kind": "genotype", "source": architecture, "genotype": genotype, **common}
+    extra = {"stem_stride": stem_stride} if genotype_lib.space_of(genotype) == "scnas" else {}
+    return {"kind": "genotype", "source": architecture, "genotype": genotype, **extra, **common}
 
 
-def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0) -> Model:
-    """The Model of a description (module docstring)."""
+def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0,
+          dice_background: bool = True, batch_dice: bool = False) -> Model:
+    """The Model of a description (module docstring); the loss keywords go to dice_ce."""
     kind = description.get("kind")
     if kind not in KINDS:
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
     c_in, k, width = (description[n] for n in ("in_channels", "num_classes", "width"))
-    loss_fn = functools.partial(losses.dice_ce, num_classes=k, ce_weight=ce_weight)
+    loss_fn = functools.partial(losses.dice_ce, num_classes=k, ce_weight=ce_weight,
+                                include_background=dice_background, batch_dice=batch_dice)
     if kind == "uresnet":
         apply = functools.partial(uresnet.apply_uresnet, impl=impl)
 
@@ -80,15 +84,17 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0) -> M
         return _c2fnas_model(description["genotype"], c_in, k, width, impl, loss_fn)
     index = genotype_lib.genotype_to_indices(description["genotype"])
     static = fixed_network.static_index(index)
+    stride = int(description.get("stem_stride", 1))
     init = functools.partial(fixed_network.init_fixed, index=static, in_channels=c_in,
-                             num_classes=k, width=width)
+                             num_classes=k, width=width, stem_stride=stride)
     apply = functools.partial(fixed_network.apply_fixed, index=static, impl=impl)
 
     def genotype_cost(patch):
         params = jax.eval_shape(init, jax.random.key(0))
         return {"params": network.num_params(params),
                 "gflops": cost.derived_macs(index, in_channels=c_in, num_classes=k,
-                                            width=width, patch_size=patch) / 1e9,
+                                            width=width, patch_size=patch,
+                                            stem_stride=stride) / 1e9,
                 "patch_size": list(patch)}
 
     return Model(init=init, apply=apply,

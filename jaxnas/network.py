@@ -101,10 +101,24 @@ def node_widths(width: int, node_scale: float = DEFAULT_NODE_SCALE) -> tuple[int
     return tuple(widths)
 
 
+def refine_spec(in_channels: int, num_classes: int, width: int) -> dict:
+    """Params of the full-resolution refinement of a stride-2 stem (see `_forward`)."""
+    return {**ops.stem_spec(in_channels, width),
+            "head": ops.ParamSpec((width, num_classes), "lecun", width)}
+
+
 def network_spec(
-    *, in_channels: int, num_classes: int, width: int, node_scale: float = DEFAULT_NODE_SCALE
+    *, in_channels: int, num_classes: int, width: int, node_scale: float = DEFAULT_NODE_SCALE,
+    stem_stride: int = 1,
 ) -> dict:
-    """Param specs of the supernet (see `init_network`)."""
+    """Param specs of the supernet (see `init_network`).
+
+    stem_stride 2 adds `refine`: the cells then run on a grid half as fine, and the
+    logits are upsampled and added to a full-resolution Conv-IN-LeakyReLU-1x1x1 of the
+    image (local detail the coarse grid cannot hold).
+    """
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
     widths = node_widths(width, node_scale)
     channels = {STEM: width}
     cell_specs, skips = [], {}
@@ -119,7 +133,7 @@ def network_spec(
         if spec.skip is not None and channels[spec.skip] != channels[spec.s1]:
             skips[str(i)] = {"w": ops.he_spec((channels[spec.skip], channels[spec.s1]))}
     c_last = channels[len(cell_specs) - 1]
-    return {
+    spec = {
         "stem": ops.stem_spec(in_channels, width),
         "cells": cell_specs,
         "skips": skips,
@@ -128,6 +142,14 @@ def network_spec(
             "b": ops.ParamSpec((num_classes,), "zeros"),
         },
     }
+    if stem_stride == 2:
+        spec["refine"] = refine_spec(in_channels, num_classes, width)
+    return spec
+
+
+def stem_stride(params: dict) -> int:
+    """2 if the params hold a full-resolution refinement (stride-2 stem), else 1."""
+    return 2 if "refine" in params else 1
 
 
 def init_network(
@@ -137,8 +159,10 @@ def init_network(
     num_classes: int,
     width: int,
     node_scale: float = DEFAULT_NODE_SCALE,
+    stem_stride: int = 1,
 ) -> dict:
-    """Supernet params: {"stem", "cells": [12 cell params], "skips": {str(i): ...}, "out"}.
+    """Supernet params: {"stem", "cells": [12 cell params], "skips": {str(i): ...}, "out"}
+    (+ "refine" with stem_stride 2).
 
     Args:
       key: PRNG key (one draw; about 0.3 s eagerly, also fine under jit / eval_shape).
@@ -146,18 +170,20 @@ def init_network(
       num_classes: logits channels (background included).
       width: stem output channels (paper: 32); see the module docstring for the schedule.
       node_scale: node width / cell level width (default 1/4: cell outputs = width * 2**l).
+      stem_stride: 1 (paper) or 2 (cells on a grid half as fine; see `network_spec`).
     """
     return ops.init_params(
         key,
         network_spec(
-            in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale
+            in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale,
+            stem_stride=stem_stride,
         ),
     )
 
 
 def _check_input(params: dict, image: Volume, width: int | None, num_classes: int | None):
     """Static checks: divisible patch sizes and, when given, width / num_classes."""
-    factor = 2**NUM_REDUCTIONS
+    factor = 2**NUM_REDUCTIONS * stem_stride(params)
     if image.ndim != 5 or any(n % factor for n in image.shape[1:4]):
         raise ValueError(
             f"image must be (b, x, y, z, c) with x, y, z divisible by {factor}, got {image.shape}"
@@ -172,7 +198,8 @@ def _check_input(params: dict, image: Volume, width: int | None, num_classes: in
 
 def _forward(params: dict, image: Volume, cell_fn, impl: str) -> Logits:
     """Stem -> cells (cell_fn(cell_params, s0, s1, spec)) with decoder skips -> out cell."""
-    outputs = {STEM: ops.apply_stem(params["stem"], image, impl=impl)}
+    outputs = {STEM: ops.apply_stem(params["stem"], image, stride=stem_stride(params),
+                                    impl=impl)}
     for i, spec in enumerate(topology()):
         s1 = outputs[spec.s1]
         if spec.skip is not None:
@@ -183,7 +210,12 @@ def _forward(params: dict, image: Volume, cell_fn, impl: str) -> Logits:
         outputs[i] = cell_fn(params["cells"][i], outputs[spec.s0], s1, spec)
     # The last cell's output is a sum of normalised, not yet activated maps.
     features = ops.leaky_relu(outputs[len(params["cells"]) - 1])
-    return ops.pointwise(features, params["out"]["w"]) + params["out"]["b"]
+    logits = ops.pointwise(features, params["out"]["w"]) + params["out"]["b"]
+    if "refine" in params:  # Stride-2 stem: coarse logits up, plus full-resolution detail.
+        r = params["refine"]
+        detail = ops.leaky_relu(ops.apply_stem(r, image, impl=impl))
+        logits = ops.upsample2(logits, impl=impl) + ops.pointwise(detail, r["head"])
+    return logits
 
 
 def apply_network(

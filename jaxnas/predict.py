@@ -247,6 +247,19 @@ def check_plan(plan: dict) -> dict:
     return out
 
 
+def override_plan(plan: dict, overrides: dict) -> dict:
+    """The plan with sliding-window settings replaced; ValueError naming a bad flag."""
+    plan = check_plan(plan)
+    unknown = set(overrides) - {"overlap", "gaussian", "mirror", "batch_size"}
+    if unknown:
+        raise ValueError(f"cannot override plan keys {sorted(unknown)}")
+    if "overlap" in overrides and not 0.0 <= overrides["overlap"] < 1.0:
+        raise ValueError(f"--eval_overlap must be in [0, 1), got {overrides['overlap']}")
+    if "batch_size" in overrides and overrides["batch_size"] < 1:
+        raise ValueError(f"--eval_batch_size must be >= 1, got {overrides['batch_size']}")
+    return {**plan, **overrides}
+
+
 def preprocess_for_inference(image: np.ndarray, spacing, plan: dict):
     """Training's preprocessing of one image: (image_pp (X, Y, Z, c), meta to undo it)."""
     plan = check_plan(plan)

@@ -13,6 +13,8 @@ import numpy as np
 from absl import logging
 
 from jaxnas import config as config_lib
+from jaxnas import fileio
+from jaxnas import planner
 from jaxnas import pictures
 from jaxnas.data import cache
 from jaxnas.data import msd
@@ -46,6 +48,50 @@ def load_training_data(config: config_lib.Config, workdir: str) -> TrainingData:
     fold = splits[d.fold]
     theta_ids, alpha_ids = patches.bilevel_split(fold["train"], config.seed, d.alpha_fraction)
     return TrainingData(dataset, cases, spacing, splits, theta_ids, alpha_ids, fold["val"])
+
+
+def planned_config(config: config_lib.Config, data: TrainingData,
+                   workdir: str) -> config_lib.Config:
+    """The config a planned run (--budget_minutes > 0) uses; unchanged without a budget.
+
+    Writes `<workdir>/planned.json` (the fingerprint and every choice with its reason)
+    and logs each choice. Flags the user gave stay as given (planner.apply).
+    """
+    if config.search.budget_minutes <= 0:
+        return config
+    import jax  # The backend decides the voxel caps.
+
+    train_ids = data.theta_ids + data.alpha_ids
+    fp = planner.fingerprint([data.cases[i].image.shape for i in train_ids],
+                             spacing=data.spacing, num_classes=data.dataset.num_classes,
+                             num_channels=len(data.dataset.modalities))
+    planned = planner.plan(fp, budget_minutes=config.search.budget_minutes,
+                           backend=jax.default_backend())
+    config, record = planner.apply(config, planned)
+    fileio.write_json(os.path.join(workdir, "planned.json"),
+                      {"fingerprint": fp, "budget_minutes": config.search.budget_minutes,
+                       "choices": record})
+    logging.info("plan from %s (budget %g min):", fp, config.search.budget_minutes)
+    for name, choice in record.items():
+        logging.info("  %s = %s: %s", name, choice["value"], choice["reason"])
+    return config
+
+
+def budget_steps(workdir: str, phase: str, compute_fn) -> int:
+    """A phase's planned step count: read from `<workdir>/budget.json`, else computed once.
+
+    compute_fn() -> int runs only on the first run; a resumed run reads the stored count,
+    so it replays exactly the same schedule (DESIGN.md section 10).
+    """
+    path = os.path.join(workdir, "budget.json")
+    stored = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+    if phase not in stored:
+        stored[phase] = int(compute_fn())
+        fileio.write_json(path, stored)
+    return int(stored[phase])
 
 
 def _class_fractions(labels: np.ndarray, num_classes: int) -> list[float]:

@@ -120,11 +120,6 @@ def dict_to_choice(d: dict) -> np.ndarray:
     return np.asarray(choice, np.int32)
 
 
-def random_choice(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random choice, int32 (len(DECISIONS),)."""
-    return np.asarray([rng.integers(n) for n in VOCAB_SIZES], np.int32)
-
-
 def _static_choice(choice) -> tuple[int, ...] | None:
     """The choice as Python ints if it is static (numpy / sequence), else None."""
     if isinstance(choice, jax.Array):

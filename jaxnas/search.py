@@ -44,9 +44,13 @@ PAPER_LR_A, PAPER_BETAS_A = 0.003, (0.5, 0.999)
 # --- The sampled edge (SCNAS Algorithm 2) ---
 
 
-def _log_relaxed(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -> ArchLogits:
-    """log zbar = log_softmax((arch + eps) / tau), eps ~ Gumbel(0, 1); same shape as arch."""
-    eps = jax.random.gumbel(key, arch.shape, dtype=arch.dtype)
+def _log_relaxed(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""],
+                 noise=1.0) -> ArchLogits:
+    """log zbar = log_softmax((arch + noise * eps) / tau), eps ~ Gumbel(0, 1).
+
+    noise = 1 is the paper's sampler; a planned search anneals it to 0 (schedules.py).
+    """
+    eps = noise * jax.random.gumbel(key, arch.shape, dtype=arch.dtype)
     # Log space: at tau = 0.001 the logits reach ~1e4 and a plain softmax underflows to 0.
     return jax.nn.log_softmax((arch + eps) / tau, axis=-1)
 
@@ -65,20 +69,21 @@ def _sample_pair(key: jax.Array, log_zbar: ArchLogits) -> Int[Array, "t e 2"]:
     return jnp.stack([first, second], axis=-1).astype(jnp.int32)
 
 
-def sample_edges(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -> OpChoice:
+def sample_edges(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""], noise=1.0) -> OpChoice:
     """SCNAS Algorithm 2 (GumbelSoftmaxSample) for every cell type and edge.
 
     Args:
       key: PRNG key; the sample is a deterministic function of (key, arch, tau).
       arch: (..., NUM_OPS) logits, normally (4, 14, 8).
       tau: scalar temperature > 0; safe down to 0.001 and below.
+      noise: scale of the Gumbel noise (1: Algorithm 2; 0: o1 = argmax alpha).
 
     Returns:
       `{"index": int32 (..., 2), "weight": float32 (..., 2)}`: two distinct op indices
       (no gradient) and (zbar_o1, zbar_o2) / (zbar_o1 + zbar_o2), differentiable in arch.
     """
     key_gumbel, key_pair = jax.random.split(key)
-    log_zbar = _log_relaxed(key_gumbel, arch, tau)
+    log_zbar = _log_relaxed(key_gumbel, arch, tau, noise)
     index = _sample_pair(key_pair, log_zbar)
     picked = jnp.take_along_axis(log_zbar, index, axis=-1)
     # Renormalising in log space is a 2-way softmax: the denominator never underflows,
@@ -87,7 +92,8 @@ def sample_edges(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -> OpC
     return {"index": jax.lax.stop_gradient(index), "weight": weight}
 
 
-def sample_edges_gdas(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -> OpChoice:
+def sample_edges_gdas(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""],
+                      noise=1.0) -> OpChoice:
     """GDAS (Dong and Yang 2019): one op per edge by straight-through hard Gumbel-softmax.
 
     Forward, each edge runs only o = argmax_o zbar_o, zbar = softmax((arch + eps) / tau),
@@ -106,7 +112,7 @@ def sample_edges_gdas(key: jax.Array, arch: ArchLogits, tau: Float[Array, ""]) -
       `{"index": int32 (..., 2), "weight": float32 (..., 2)}`: (argmax op, zero op) with
       weights (1, 0); d weight[..., 0] / d arch = d zbar_argmax / d arch, slot 2 has none.
     """
-    log_zbar = _log_relaxed(key, arch, tau)
+    log_zbar = _log_relaxed(key, arch, tau, noise)
     first = jnp.argmax(jax.lax.stop_gradient(log_zbar), axis=-1)
     soft = jnp.exp(jnp.take_along_axis(log_zbar, first[..., None], axis=-1)[..., 0])
     # 1 + (s - s) is exactly 1 in the forward pass (1 - s + s need not be), gradient ds.
@@ -126,11 +132,6 @@ def choice_from_indices(index: Int[Array, "t e"]) -> OpChoice:
     weight = jnp.stack([jnp.ones(index.shape), jnp.zeros(index.shape)], axis=-1)
     second = jnp.full(index.shape, space.ZERO_OP, jnp.int32)
     return {"index": jnp.stack([index, second], axis=-1), "weight": weight.astype(jnp.float32)}
-
-
-def derive_choice(arch: ArchLogits) -> OpChoice:
-    """The derived (argmax) architecture as an op_choice, to evaluate with the supernet Theta."""
-    return choice_from_indices(jnp.argmax(arch, axis=-1))
 
 
 def arch_probs(arch: ArchLogits) -> ArchLogits:
@@ -184,16 +185,10 @@ def make_tau_fn(
 # --- Optimizers and the learning-rate plateau rule ---
 
 
-def _adam(
-    lr: float, betas: tuple[float, float], eps: float, clip_norm: float | None
-) -> optax.GradientTransformation:
-    """Adam whose hyper-parameters live in the opt state, optionally after global-norm clip."""
-    adam = optax.inject_hyperparams(optax.adam)(
-        learning_rate=lr, b1=betas[0], b2=betas[1], eps=eps
-    )
-    if clip_norm is None:
-        return adam
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+def _adam(lr: float, betas: tuple[float, float], eps: float) -> optax.GradientTransformation:
+    """Adam whose hyper-parameters live in the opt state (the plateau rule scales lr)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=betas[0], b2=betas[1],
+                                                eps=eps)
 
 
 def make_optimizers(
@@ -203,7 +198,6 @@ def make_optimizers(
     lr_a: float = PAPER_LR_A,
     betas_a: tuple[float, float] = PAPER_BETAS_A,
     eps: float = 1e-8,
-    clip_norm_w: float | None = None,
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """Two Adam chains: (tx_w for the network params Theta, tx_a for arch alpha).
 
@@ -211,8 +205,8 @@ def make_optimizers(
     (`optax.inject_hyperparams`), so `scale_learning_rate` can divide it by 10 on a
     plateau without rebuilding the optimizer or recompiling the steps.
     """
-    tx_w = _adam(lr_w, betas_w, eps, clip_norm_w)
-    tx_a = _adam(lr_a, betas_a, eps, None)
+    tx_w = _adam(lr_w, betas_w, eps)
+    tx_a = _adam(lr_a, betas_a, eps)
     return tx_w, tx_a
 
 
@@ -260,13 +254,15 @@ def plateau_update(
     """Feeds one epoch's training loss; returns (tracker, reduce: bool scalar).
 
     An epoch improves when loss < best * (1 - rtol) (PyTorch ReduceLROnPlateau 'rel'
-    threshold, the paper's framework). `reduce` is True after `patience` epochs without
-    improvement (SCNAS: 20), and the count restarts.
+    threshold, the paper's framework). `reduce` is True once MORE than `patience` epochs
+    in a row failed to improve (PyTorch's `num_bad_epochs > patience`: with patience 20
+    the 21st bad epoch divides the lr), and the count restarts. patience 0 reduces on
+    every bad epoch.
     """
     loss = jnp.asarray(loss, jnp.float32)
     improved = loss < tracker.best * (1.0 - rtol)
     num_bad = jnp.where(improved, 0, tracker.num_bad + 1)
-    reduce = num_bad >= patience
+    reduce = num_bad > patience
     best = jnp.where(improved, loss, tracker.best)
     return PlateauState(best=best, num_bad=jnp.where(reduce, 0, num_bad)), reduce
 
@@ -284,6 +280,9 @@ class SearchState:
     opt_w: optax.OptState
     opt_a: optax.OptState
     plateau: PlateauState  # epoch-loss tracker, here so a resumed run keeps counting
+    # (warmup_end, anneal_end, total) steps of a planned search (schedules.py), traced so
+    # the compiled steps serve any budget; unused by the paper's epoch schedule.
+    horizon: Int[Array, "3"]
 
 
 def init_state(
@@ -291,6 +290,7 @@ def init_state(
     arch: ArchLogits,
     tx_w: optax.GradientTransformation,
     tx_a: optax.GradientTransformation,
+    horizon=(0, 0, 0),
 ) -> SearchState:
     """Step 0 state with fresh optimizer states."""
     return SearchState(
@@ -300,6 +300,7 @@ def init_state(
         opt_w=tx_w.init(params),
         opt_a=tx_a.init(arch),
         plateau=init_plateau(),
+        horizon=jnp.asarray(horizon, jnp.int32),
     )
 
 
@@ -334,31 +335,51 @@ def _loss(params, op_choice, batch, apply_fn, loss_fn):
     return loss_fn(logits, batch["label"])
 
 
-def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, tau_fn, loss_fn,
-                 sample_fn=None):
-    """Updates Theta on a training batch with Z = sample_edges(key, arch, tau_fn(step)).
+def paper_schedule(tau_fn):
+    """The paper's schedule_fn: tau_fn(step) (per epoch), full noise, constant lr."""
+
+    def schedule_fn(step, horizon):
+        del horizon
+        return {"tau": tau_fn(step), "noise": jnp.float32(1.0), "lr_w": jnp.float32(1.0),
+                "lr_a": jnp.float32(1.0)}
+
+    return schedule_fn
+
+
+def scaled(updates, factor):
+    """Adam's step times factor: the same as scaling its learning rate (schedules)."""
+    return jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
+
+
+def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, loss_fn,
+                 tau_fn=None, schedule_fn=None, sample_fn=None):
+    """Updates Theta on a training batch with Z = sample_edges(key, arch, tau(step)).
 
     Pass the same key to the `arch_step` of this iteration (Algorithm 1: one Z for both).
+    schedule_fn(step, horizon) -> {"tau", "noise", "lr_w", "lr_a"} (schedules.py); or
+    the paper's tau_fn(step) alone.
 
     Returns:
       (state with new params, opt_w and step + 1, metrics of finite float32 scalars).
     """
-    tau = tau_fn(state.step)
-    op_choice = (sample_fn or sample_edges)(key, state.arch, tau)
+    sched = (schedule_fn or paper_schedule(tau_fn))(state.step, state.horizon)
+    op_choice = (sample_fn or sample_edges)(key, state.arch, sched["tau"], sched["noise"])
     loss, grads = jax.value_and_grad(_loss)(state.params, op_choice, batch, apply_fn, loss_fn)
     updates, opt_w = tx_w.update(grads, state.opt_w, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = optax.apply_updates(state.params, scaled(updates, sched["lr_w"]))
     new_state = state.replace(step=state.step + 1, params=params, opt_w=opt_w)
     metrics = {
         "train/loss_w": loss,
-        "train/tau": tau,
+        "train/tau": sched["tau"],
+        "train/gumbel_noise": sched["noise"],
+        "train/lr_factor_w": sched["lr_w"],
         "train/grad_norm_w": optax.tree.norm(grads),
     }
     return new_state, metrics
 
 
-def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, tau_fn, loss_fn,
-              sample_fn=None):
+def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, loss_fn,
+              tau_fn=None, schedule_fn=None, sample_fn=None):
     """Updates alpha on a validation batch, gradient through the sampled weights.
 
     Call it AFTER the `weights_step` of the same iteration, with the same key: that step
@@ -369,15 +390,16 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, tau_
     Returns:
       (state with new arch and opt_a, metrics of finite float32 scalars).
     """
-    tau = tau_fn(jnp.maximum(state.step - 1, 0))
+    sched = (schedule_fn or paper_schedule(tau_fn))(jnp.maximum(state.step - 1, 0),
+                                                    state.horizon)
 
     def loss_of_arch(arch):
-        op_choice = (sample_fn or sample_edges)(key, arch, tau)
+        op_choice = (sample_fn or sample_edges)(key, arch, sched["tau"], sched["noise"])
         return _loss(state.params, op_choice, batch, apply_fn, loss_fn)
 
     loss, grads = jax.value_and_grad(loss_of_arch)(state.arch)
     updates, opt_a = tx_a.update(grads, state.opt_a, state.arch)
-    arch = optax.apply_updates(state.arch, updates)
+    arch = optax.apply_updates(state.arch, scaled(updates, sched["lr_a"]))
     metrics = {
         "train/loss_a": loss,
         "train/grad_norm_a": optax.tree.norm(grads),
@@ -386,29 +408,27 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, tau_
     return state.replace(arch=arch, opt_a=opt_a), metrics
 
 
-def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn, sample_fn=None):
+def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn=None, schedule_fn=None,
+               sample_fn=None):
     """(weights_step, arch_step) with the static arguments bound, ready for jax.jit.
 
-    sample_fn(key, arch, tau) -> what apply_fn takes as its choice (default SCNAS's
-    `sample_edges`; `STRATEGIES` lists the others).
+    sample_fn(key, arch, tau, noise) -> what apply_fn takes as its choice (default SCNAS's
+    `sample_edges`; `STRATEGIES` lists the others). Give schedule_fn (planned runs) or
+    tau_fn (the paper's per-epoch tau).
     """
-    step_w = functools.partial(
-        weights_step, apply_fn=apply_fn, tx_w=tx_w, tau_fn=tau_fn, loss_fn=loss_fn,
-        sample_fn=sample_fn
-    )
-    step_a = functools.partial(
-        arch_step, apply_fn=apply_fn, tx_a=tx_a, tau_fn=tau_fn, loss_fn=loss_fn,
-        sample_fn=sample_fn
-    )
+    common = dict(apply_fn=apply_fn, tau_fn=tau_fn, schedule_fn=schedule_fn, loss_fn=loss_fn,
+                  sample_fn=sample_fn)
+    step_w = functools.partial(weights_step, tx_w=tx_w, **common)
+    step_a = functools.partial(arch_step, tx_a=tx_a, **common)
     return step_w, step_a
 
 
 # --- Gradient-based strategies on the SCNAS space: what each samples per step ---
 
 
-def darts_weights(key: jax.Array, arch: ArchLogits, tau) -> ArchLogits:
+def darts_weights(key: jax.Array, arch: ArchLogits, tau, noise=1.0) -> ArchLogits:
     """DARTS (first order): every op on every edge, weighted by softmax(alpha) (4, 14, 8)."""
-    del key, tau
+    del key, tau, noise
     return jax.nn.softmax(arch, axis=-1)
 
 

@@ -19,6 +19,7 @@ from absl.testing import absltest
 
 from jaxnas import c2fnas
 from jaxnas import losses
+from tests import fixtures
 
 SHAPE = (1, 16, 16, 16, 1)
 WIDTH, NUM_CLASSES = 4, 3
@@ -125,7 +126,7 @@ class SupernetTest(absltest.TestCase):
 
     def test_derived_equals_supernet_with_one_hot_weights(self):
         t = TOPOLOGIES[0]
-        want = self.forward(self.params, self.image, jnp.asarray(t), c2fnas.one_hot_weights(OPS))
+        want = self.forward(self.params, self.image, jnp.asarray(t), jax.nn.one_hot(jnp.asarray(OPS), len(c2fnas.OP_NAMES)))
         derived = c2fnas.compact_params(self.params, t, OPS)
         got = jax.jit(lambda p, x: c2fnas.apply_derived(p, x, t, OPS, impl="xla"))(
             derived, self.image
@@ -174,28 +175,6 @@ class SupernetTest(absltest.TestCase):
         self.assertEqual(self.step._cache_size(), 1)
 
 
-def _conv_macs_in_jaxpr(jaxpr) -> float:
-    """Multiply-adds of every conv and matmul XLA is given, upsampling (resize) excluded."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape  # DHWIO
-            total += np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs[:3]) * rhs[3]
-        elif name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
-        if "resize" in str(eqn.params.get("name", "")):
-            continue
-        for value in eqn.params.values():
-            if isinstance(value, jax.extend.core.ClosedJaxpr):
-                total += _conv_macs_in_jaxpr(value.jaxpr)
-            elif isinstance(value, jax.extend.core.Jaxpr):
-                total += _conv_macs_in_jaxpr(value)
-    return float(total)
-
-
 class CostTest(absltest.TestCase):
     def test_macs_match_the_traced_convs(self):
         shape, width, classes = (1, 16, 8, 24, 2), 3, 5  # anisotropic
@@ -211,7 +190,7 @@ class CostTest(absltest.TestCase):
                 patch_size=shape[1:4],
             )
             self.assertGreater(macs, 0)
-            self.assertEqual(macs, _conv_macs_in_jaxpr(jaxpr.jaxpr))
+            self.assertEqual(macs, fixtures.conv_macs_in_jaxpr(jaxpr.jaxpr))
 
     def test_3d_costs_more_than_2d_and_p3d(self):
         kwargs = dict(in_channels=1, num_classes=3, width=8, patch_size=(32, 32, 32))

@@ -161,6 +161,35 @@ class BuildDemoTest(absltest.TestCase):
         self.assertEqual(_read(root, rel), _read(self.dirs["a"], rel))
 
 
+class HemispheresTaskTest(absltest.TestCase):
+    """The spatial task: the tissue cases with grey matter split at the template midline."""
+
+    def test_same_cases_split_by_side(self):
+        root = self.create_tempdir().full_path
+        tissue, spatial = os.path.join(root, "t"), os.path.join(root, "s")
+        demo.build_demo(tissue, num_cases=2, spacing=SPACING)
+        demo.build_demo(spatial, num_cases=2, spacing=SPACING, task="hemispheres")
+        with open(os.path.join(spatial, "dataset.json")) as f:
+            dataset = json.load(f)
+        self.assertEqual(dataset["labels"], demo.SPATIAL_LABELS)
+        for entry in dataset["training"]:
+            a = np.asarray(nib.load(os.path.join(tissue, entry["label"])).dataobj)
+            b = np.asarray(nib.load(os.path.join(spatial, entry["label"])).dataobj)
+            np.testing.assert_array_equal(  # same images, same transforms
+                nib.load(os.path.join(tissue, entry["image"])).get_fdata(),
+                nib.load(os.path.join(spatial, entry["image"])).get_fdata())
+            np.testing.assert_array_equal(a == 1, (b == 1) | (b == 2))  # GM split in two
+            np.testing.assert_array_equal(a == 2, b == 3)
+            # The two sides are both present and lie on opposite halves of the x axis.
+            xs = [np.nonzero(b == k)[0].mean() for k in (1, 2)]
+            self.assertGreater(abs(xs[0] - xs[1]), a.shape[0] / 6)
+        floor = demo.median_floor_dice(
+            nib.load(os.path.join(spatial, entry["image"])).get_fdata(), b, 4)
+        self.assertLess(max(floor[1], floor[2]), 0.7)  # intensity cannot tell the sides
+        with self.assertRaises(ValueError):
+            demo.build_demo(os.path.join(root, "x"), num_cases=1, task="lobes")
+
+
 class PureFunctionsTest(absltest.TestCase):
     def test_smooth_field_matches_zoom(self):
         coarse = np.random.default_rng(0).normal(size=(6, 5, 4))

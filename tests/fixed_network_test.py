@@ -65,7 +65,7 @@ class CompactFromSupernetTest(absltest.TestCase):
         cls.image = _image()
 
     def test_parameter_count(self):
-        count = fixed_network.num_params(self.compact)
+        count = network.num_params(self.compact)
         self.assertEqual(count, network.num_params_derived(self.supernet, self.index))
         self.assertLess(count, network.num_params(self.supernet))
 
@@ -207,3 +207,27 @@ class CellDrawingTest(absltest.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class StrideTwoStemTest(absltest.TestCase):
+    """stem_stride 2: cells on a half-resolution grid, full-resolution logits."""
+
+    def test_supernet_and_fixed_agree_and_count(self):
+        image = jax.random.normal(jax.random.key(3), (1, 32, 16, 16, SHAPE[-1]))
+        supernet = network.init_network(jax.random.key(0), in_channels=SHAPE[-1],
+                                        num_classes=NUM_CLASSES, width=WIDTH, stem_stride=2)
+        self.assertEqual(network.stem_stride(supernet), 2)
+        index = _index(1)
+        compact = fixed_network.compact_from_supernet(supernet, index)
+        want = _APPLY_NETWORK(supernet, image, search.choice_from_indices(index), impl="fast")
+        got = _APPLY_FIXED(compact, image, index=fixed_network.static_index(index),
+                           impl="fast")
+        self.assertEqual(got.shape, (1, 32, 16, 16, NUM_CLASSES))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        self.assertEqual(network.num_params(compact),
+                         network.num_params_derived(supernet, index))
+        fresh = fixed_network.init_fixed(jax.random.key(2), index, in_channels=SHAPE[-1],
+                                         num_classes=NUM_CLASSES, width=WIDTH, stem_stride=2)
+        self.assertEqual(jax.tree.structure(fresh), jax.tree.structure(compact))
+        with self.assertRaisesRegex(ValueError, "divisible by 16"):
+            network.apply_network(supernet, image[:, :24], search.choice_from_indices(index))

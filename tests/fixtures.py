@@ -55,3 +55,38 @@ def write_tiny_msd(root, num_cases=3, shape=(12, 12, 8), channels=2, spacings=No
 def write_json(path, obj):
     with open(path, "w") as f:
         json.dump(obj, f, indent=1)
+
+
+def random_ronasmis_choice(rng) -> np.ndarray:
+    """A uniformly random RONASMIS child, int32 (len(ronasmis.DECISIONS),)."""
+    from jaxnas import ronasmis
+
+    return np.asarray([rng.integers(n) for n in ronasmis.VOCAB_SIZES], np.int32)
+
+
+def conv_macs_in_jaxpr(jaxpr) -> float:
+    """Multiply-adds of every conv and matmul XLA is given, upsampling (resize) excluded.
+
+    The reference the analytic cost functions (cost.py, ronasmis, c2fnas, uresnet) are
+    checked against: it reads the traced program, not the code that counts.
+    """
+    import jax.extend
+
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape  # DHWIO
+            total += np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs[:3]) * rhs[3]
+        elif name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+        if "resize" in str(eqn.params.get("name", "")):
+            continue  # trilinear upsampling contracts axes with dense weights: not a conv
+        for value in eqn.params.values():
+            if isinstance(value, jax.extend.core.ClosedJaxpr):
+                total += conv_macs_in_jaxpr(value.jaxpr)
+            elif isinstance(value, jax.extend.core.Jaxpr):
+                total += conv_macs_in_jaxpr(value)
+    return float(total)

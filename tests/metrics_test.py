@@ -13,7 +13,6 @@ class DiceTest(absltest.TestCase):
         dice = metrics.dice_per_class(pred, label, 3)
         # class 0: tp 2, fp 2, fn 1 -> 4/7; class 1: tp 2, fp 1, fn 1 -> 4/6; class 2: 2/3.
         np.testing.assert_allclose(dice, [4 / 7, 4 / 6, 2 / 3])
-        self.assertAlmostEqual(metrics.mean_foreground_dice(dice), 2 / 3)
 
     def test_empty_class(self):
         label = np.zeros((2, 3, 3), np.int32)
@@ -22,9 +21,7 @@ class DiceTest(absltest.TestCase):
         self.assertEqual(dice[0], 1.0)
         self.assertEqual(dice[1], 1.0)
         self.assertTrue(np.isnan(dice[2]))  # absent in both: undefined, left out of the mean
-        self.assertEqual(metrics.mean_foreground_dice(dice), 1.0)
         self.assertEqual(metrics.dice_per_class(label, label, 3, empty=1.0)[2], 1.0)
-        self.assertTrue(np.isnan(metrics.mean_foreground_dice(np.array([1.0, np.nan]))))
 
     def test_missed_and_spurious_class_score_zero(self):
         label = np.array([0, 1, 0, 0])
@@ -40,11 +37,6 @@ class DiceTest(absltest.TestCase):
         self.assertEqual(whole.sum(), a.size)
         with self.assertRaisesRegex(ValueError, "outside"):
             metrics.confusion_matrix(a, b, 2)
-
-    def test_from_logits(self):
-        label = np.array([[0, 1], [2, 1]])
-        logits = np.eye(3)[label] * 5.0
-        np.testing.assert_allclose(metrics.dice_from_logits(logits, label), [1.0, 1.0, 1.0])
 
 
 if __name__ == "__main__":

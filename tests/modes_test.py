@@ -94,7 +94,8 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="modes_test")
         cls.data_dir = os.path.join(cls.tmp, "task")
         fixtures.write_tiny_msd(cls.data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
-        cls.config = _config(cls.data_dir, os.path.join(cls.tmp, "cache"), "random:5")
+        # No cache_dir: the folds must share <workdir>/preprocessed.
+        cls.config = _config(cls.data_dir, "", "random:5")
         cls.workdir = os.path.join(cls.tmp, "cv")
         cls.result = crossval.cross_validate(cls.config, cls.workdir)
 
@@ -106,6 +107,10 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(self.workdir, "summary.md")))
         for label in ("background", "outer", "core"):
             self.assertBetween(self.result["dice_mean"][label], 0.0, 1.0)
+
+    def test_folds_share_one_preprocessed_cache(self):
+        self.assertTrue(os.path.isdir(os.path.join(self.workdir, "preprocessed")))
+        self.assertEmpty(glob.glob(os.path.join(self.workdir, "fold_*", "preprocessed")))
 
     def test_rerun_reuses_finished_folds(self):
         mtime = os.path.getmtime(os.path.join(self.workdir, "fold_1", "summary.json"))
@@ -129,9 +134,11 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         out = os.path.join(self.tmp, "pred")
         cmd = [sys.executable, "-m", "jaxnas.main", "--mode=predict",
                f"--workdir={os.path.join(self.workdir, 'fold_0')}", f"--input={source}",
-               f"--output={out}"]
+               f"--output={out}", "--eval_overlap=0.25", "--eval_batch_size=3"]
         run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        # The window flags of the command line override the run's plan.json.
+        self.assertIn("overlap 0.25, gaussian True, mirror False, batch 3", run.stderr)
         image, pred = nib.load(source), nib.load(os.path.join(out, "case_000.nii.gz"))
         self.assertEqual(pred.shape, image.shape[:3])
         np.testing.assert_array_equal(pred.affine, image.affine)

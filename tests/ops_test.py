@@ -112,7 +112,7 @@ class OpsTest(parameterized.TestCase):
 
     def test_unknown_names_raise(self):
         with self.assertRaises(ValueError):
-            ops.init_op("conv_5x5x5", jax.random.key(0), 2)
+            ops.op_spec("conv_5x5x5", 2)
         with self.assertRaises(ValueError):
             ops.max_pool3(jnp.zeros((1, 2, 2, 2, 1)), impl="cudnn")
 

@@ -109,6 +109,19 @@ class SplitTest(absltest.TestCase):
         self.assertEqual(json.load(open(path)), first)
         self.assertEqual(patches.load_or_make_splits(path, ids, 3, seed=99), first)
 
+    def test_too_few_cases_for_the_folds_is_one_clear_error(self):
+        workdir = self.create_tempdir().full_path
+        ids = [f"c{i}" for i in range(4)]
+        with self.assertRaises(msd.DataError) as ctx:
+            patches.load_or_make_splits(os.path.join(workdir, "splits.json"), ids, 5)
+        self.assertIn("4 training cases", str(ctx.exception))
+        self.assertIn("--num_folds", str(ctx.exception))
+        # 3 cases still make a search: 3 folds of 2 training cases (1 Theta, 1 alpha).
+        three = patches.load_or_make_splits(os.path.join(workdir, "s3.json"), ids[:3], 3)
+        theta, alpha = patches.bilevel_split(three[0]["train"])
+        self.assertLen(theta, 1)
+        self.assertLen(alpha, 1)
+
     def test_bad_user_splits_file(self):
         workdir = self.create_tempdir().full_path
         user = os.path.join(workdir, "mine.json")

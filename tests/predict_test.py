@@ -140,6 +140,15 @@ class PureCoreTest(absltest.TestCase):
             outside[HEAD] = False
             np.testing.assert_array_equal(probs[outside][:, 0], 1.0)
 
+    def test_window_flags_override_the_plan(self):
+        plan = predict.override_plan(PLAN, {"overlap": 0.25, "mirror": True, "batch_size": 2})
+        self.assertEqual((plan["overlap"], plan["mirror"], plan["batch_size"]), (0.25, True, 2))
+        self.assertTrue(plan["gaussian"])  # not overridden: the plan's value stays
+        with self.assertRaisesRegex(ValueError, "--eval_overlap"):
+            predict.override_plan(PLAN, {"overlap": 1.5})
+        with self.assertRaisesRegex(ValueError, "--eval_batch_size"):
+            predict.override_plan(PLAN, {"batch_size": 0})
+
     def test_plan_errors(self):
         with self.assertRaisesRegex(DataError, "patch_size"):
             predict.check_plan({k: v for k, v in PLAN.items() if k != "patch_size"})

@@ -16,6 +16,7 @@ from absl.testing import absltest
 
 from jaxnas import ops
 from jaxnas import ronasmis
+from tests import fixtures
 
 SHAPE = (1, 16, 16, 16, 1)
 WIDTH, NUM_CLASSES = 4, 3
@@ -49,7 +50,7 @@ class SpaceTest(absltest.TestCase):
 
     def test_dict_round_trip(self):
         rng = np.random.default_rng(0)
-        for choice in [*CHOICES, *(ronasmis.random_choice(rng) for _ in range(5))]:
+        for choice in [*CHOICES, *(fixtures.random_ronasmis_choice(rng) for _ in range(5))]:
             d = ronasmis.choice_to_dict(choice)
             d = json.loads(json.dumps(d))  # JSON-ready
             back = ronasmis.dict_to_choice(d)
@@ -68,13 +69,6 @@ class SpaceTest(absltest.TestCase):
             ronasmis.dict_to_choice(missing)
         with self.assertRaisesRegex(ValueError, "unknown decisions.*enc9/op"):
             ronasmis.dict_to_choice({**d, "enc9/op": "conv_3x3x3"})
-
-    def test_random_choice_in_range(self):
-        rng = np.random.default_rng(1)
-        choices = np.stack([ronasmis.random_choice(rng) for _ in range(200)])
-        self.assertEqual(choices.dtype, np.int32)
-        np.testing.assert_array_equal(choices.min(0), 0)
-        np.testing.assert_array_equal(choices.max(0), np.asarray(ronasmis.VOCAB_SIZES) - 1)
 
     def test_compact_spec_sizes(self):
         spec = ronasmis.network_spec(**NET)
@@ -196,28 +190,6 @@ def _leaf(tree, path):
     return tree
 
 
-def _conv_macs_in_jaxpr(jaxpr) -> float:
-    """Multiply-adds of every conv and matmul XLA is given, upsampling (resize) excluded."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
-            total += np.prod(out) * np.prod(rhs[:3]) * rhs[3]
-        elif name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
-        if "resize" in str(eqn.params.get("name", "")):
-            continue
-        for value in eqn.params.values():
-            if isinstance(value, jax.extend.core.ClosedJaxpr):
-                total += _conv_macs_in_jaxpr(value.jaxpr)
-            elif isinstance(value, jax.extend.core.Jaxpr):
-                total += _conv_macs_in_jaxpr(value)
-    return float(total)
-
-
 class CostTest(absltest.TestCase):
     def test_macs_match_the_traced_convs(self):
         shape = (1, 16, 8, 24, 2)  # anisotropic: a transposed axis would be caught
@@ -228,7 +200,7 @@ class CostTest(absltest.TestCase):
                 lambda p, x, c=choice: ronasmis.apply_network(p, x, c, impl="xla")
             )(params, jax.ShapeDtypeStruct(shape, jnp.float32))
             macs = ronasmis.network_macs(choice, patch_size=shape[1:4], **net)
-            self.assertEqual(macs, _conv_macs_in_jaxpr(jaxpr.jaxpr))
+            self.assertEqual(macs, fixtures.conv_macs_in_jaxpr(jaxpr.jaxpr))
 
     def test_depth_two_costs_more(self):
         d = ronasmis.choice_to_dict(CHOICES[0])

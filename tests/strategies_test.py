@@ -42,7 +42,7 @@ def _macro_genotypes(seed: int = 0) -> dict:
     topology = c2fnas.sample_topologies(rng, 1)[0]
     return {
         "ronasmis": genotype_lib.macro_genotype(
-            "ronasmis", {"decisions": ronasmis.choice_to_dict(ronasmis.random_choice(rng))}),
+            "ronasmis", {"decisions": ronasmis.choice_to_dict(fixtures.random_ronasmis_choice(rng))}),
         "c2fnas": genotype_lib.macro_genotype(
             "c2fnas", c2fnas.to_json(topology, rng.integers(0, 3, c2fnas.NUM_CELLS))),
     }

@@ -85,8 +85,8 @@ class SearchRunTest(absltest.TestCase):
         workdir = os.path.join(self.tmp, "nan")
         make_batch = train.step_batch
 
-        def poisoned(cases, config, step, stream):
-            batch = make_batch(cases, config, step, stream)
+        def poisoned(cases, config, step, stream, patch_size=None):
+            batch = make_batch(cases, config, step, stream, patch_size)
             if step >= 2:  # After the epoch-1 checkpoint.
                 batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
             return batch

@@ -19,6 +19,7 @@ from jaxnas import losses
 from jaxnas import network
 from jaxnas import ops
 from jaxnas.baselines import uresnet
+from tests import fixtures
 
 SHAPE = (1, 16, 16, 16, 2)
 WIDTH, NUM_CLASSES = 4, 3
@@ -128,29 +129,6 @@ class DeepSupervisionLossTest(absltest.TestCase):
             uresnet.deep_supervision_loss(loss_fn, maps[0], [maps[0][:, :3]], labels)
 
 
-def _conv_macs_in_jaxpr(jaxpr) -> float:
-    """Multiply-adds of every conv and matmul XLA is given, upsampling (resize) excluded."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            lhs, rhs = (v.aval.shape for v in eqn.invars)  # NDHWC, DHWIO
-            out = eqn.outvars[0].aval.shape
-            total += np.prod(out) * np.prod(rhs[:3]) * rhs[3]
-        elif name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
-        if "resize" in str(eqn.params.get("name", "")):
-            continue  # trilinear upsampling contracts axes with dense weights: not a conv
-        for value in eqn.params.values():
-            if isinstance(value, jax.extend.core.ClosedJaxpr):
-                total += _conv_macs_in_jaxpr(value.jaxpr)
-            elif isinstance(value, jax.extend.core.Jaxpr):
-                total += _conv_macs_in_jaxpr(value)
-    return float(total)
-
-
 class CostTest(absltest.TestCase):
     def test_parameter_counts(self):
         spec = uresnet.uresnet_spec(in_channels=SHAPE[-1], num_classes=NUM_CLASSES, width=WIDTH)
@@ -181,7 +159,7 @@ class CostTest(absltest.TestCase):
         )(params, jax.ShapeDtypeStruct(shape, jnp.float32))
         self.assertEqual(
             uresnet.uresnet_macs(in_channels=3, num_classes=5, width=6, patch_size=shape[1:4]),
-            _conv_macs_in_jaxpr(jaxpr.jaxpr),
+            fixtures.conv_macs_in_jaxpr(jaxpr.jaxpr),
         )
 
     def test_macs_grow_8x_when_patch_doubles(self):

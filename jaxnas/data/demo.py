@@ -41,6 +41,12 @@ TEMPLATE_FILES = {
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
 LABELS = {"0": "background", "1": "grey matter", "2": "white matter"}
+# The spatial task: grey matter split by hemisphere, so intensity alone cannot tell left
+# from right and a network needs context (where the midline is, which side it is on).
+SPATIAL_LABELS = {"0": "background", "1": "left grey matter", "2": "right grey matter",
+                  "3": "white matter"}
+TASKS = {"tissue": ("Demo_BrainTissue", LABELS), "hemispheres": ("Demo_BrainHemispheres",
+                                                                 SPATIAL_LABELS)}
 SPACING_JITTER = (0.9, 1.2)  # x --spacing, per axis: 2 mm -> 1.8..2.4 mm.
 HEAD_THRESHOLD = 1.0  # Warped T1 (template units, 0..255) above this is inside the head.
 GZIP_LEVEL = 6
@@ -251,8 +257,23 @@ def intensity_augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndar
     return result
 
 
+def split_hemispheres(label: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Tissue labels (0 bg, 1 GM, 2 WM) -> 0 bg, 1 left GM, 2 right GM, 3 WM; uint8."""
+    out = np.zeros_like(label)
+    out[(label == 1) & left] = 1
+    out[(label == 1) & ~left] = 2
+    out[label == 2] = 3
+    return out
+
+
+def template_left(template: Template) -> np.ndarray:
+    """float32 (x, y, z): 1 where the template's world x < 0 (RAS: the left side)."""
+    x_world = template.affine[0, 0] * np.arange(template.t1.shape[0]) + template.affine[0, 3]
+    return np.broadcast_to((x_world < 0)[:, None, None], template.t1.shape).astype(np.float32)
+
+
 def make_case(
-    template: Template, rng: np.random.Generator, spacing: float = 2.0
+    template: Template, rng: np.random.Generator, spacing: float = 2.0, task: str = "tissue"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One random case from the template.
 
@@ -271,7 +292,10 @@ def make_case(
     t1 = warp(template.t1, coords)
     mask = t1 > HEAD_THRESHOLD
     label = labels_from_probs(warp(template.gm, coords), warp(template.wm, coords), mask)
-    return intensity_augment(rng, t1, mask), label, affine
+    image = intensity_augment(rng, t1, mask)
+    if task == "hemispheres":  # Drawn after everything else: the same cases as "tissue".
+        label = split_hemispheres(label, warp(template_left(template), coords) > 0.5)
+    return image, label, affine
 
 
 def median_floor_dice(image: np.ndarray, label: np.ndarray, num_classes: int = 3) -> np.ndarray:
@@ -307,16 +331,17 @@ def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def _dataset_json(names: list[str]) -> dict:
+def _dataset_json(names: list[str], task: str = "tissue") -> dict:
     """The MSD dataset.json for training cases `names` (file names, e.g. demo_000.nii.gz)."""
+    name, labels = TASKS[task]
     return {
-        "name": "Demo_BrainTissue",
+        "name": name,
         "description": DESCRIPTION,
         "reference": REFERENCE,
         "licence": LICENCE,
         "tensorImageSize": "3D",
         "modality": {"0": "T1"},
-        "labels": dict(LABELS),
+        "labels": dict(labels),
         "numTraining": len(names),
         "numTest": 0,
         "training": [{"image": f"./imagesTr/{n}", "label": f"./labelsTr/{n}"} for n in names],
@@ -324,9 +349,28 @@ def _dataset_json(names: list[str]) -> dict:
     }
 
 
-def _readme(num_cases: int, seed: int, spacing: float, floor: np.ndarray) -> str:
+def _readme(num_cases: int, seed: int, spacing: float, floor: np.ndarray,
+            task: str = "tissue") -> str:
     """README.md text: what the data is, and the intensity-only Dice floor to report beside."""
     lo, hi = (f * spacing for f in SPACING_JITTER)
+    name, labels = TASKS[task]
+    floors = ", ".join(f"{labels[str(k)]} {floor[k]:.3f}" for k in range(1, len(labels)))
+    if task == "hemispheres":
+        return f"""# {name}: spatial context needed, one anatomy
+
+{num_cases} cases in MSD layout, written by `python -m jaxnas.data.demo --task=hemispheres`
+with seed {seed} and spacing {spacing:g} mm: the very cases of the tissue demo (same seed,
+same transforms: a smooth deformation, rotation/scale/shift, spacing {lo:.2f}-{hi:.2f} mm,
+bias field, gamma/contrast and noise) with grey matter split at the template's midline
+(world x < 0 is left). Labels: 0 background, 1 left grey matter, 2 right grey matter,
+3 white matter. Left and right grey matter look the same: only their position tells them
+apart, so no left/right flips may be used as augmentation.
+
+**The intensity-only floor.** The nearest-class-median rule of the tissue demo scores
+{floors} (mean over these cases). The two sides' grey-matter medians are nearly equal,
+so the rule splits grey matter by noise, not by side: about half right per side. Every case is the same anatomy under different
+transforms: a pipeline and context check, not a measure of generalisation to new subjects.
+"""
     return f"""# Demo_BrainTissue: a pipeline demo, not a benchmark
 
 {num_cases} cases in Medical Segmentation Decathlon layout (`dataset.json`, `imagesTr/`,
@@ -361,16 +405,19 @@ def _remove_stale(out_dir: str, keep: set[str]) -> None:
 
 
 def _write_cases(
-    out_dir: str, template: Template, num_cases: int, seed: int, spacing: float
+    out_dir: str, template: Template, num_cases: int, seed: int, spacing: float,
+    task: str = "tissue"
 ) -> tuple[list[str], np.ndarray]:
     """Makes and writes the image/label pairs; returns file names and the mean median floor."""
     names, floors = [], []
+    num_classes = len(TASKS[task][1])
     for i in range(num_cases):
-        image, label, affine = make_case(template, np.random.default_rng((seed, i)), spacing)
+        image, label, affine = make_case(template, np.random.default_rng((seed, i)), spacing,
+                                         task)
         names.append(f"demo_{i:03d}.nii.gz")
         for sub, array in (("imagesTr", image), ("labelsTr", label)):
             fileio.write_atomic(os.path.join(out_dir, sub, names[-1]), _nifti_gz_bytes(array, affine))
-        floors.append(median_floor_dice(image, label))
+        floors.append(median_floor_dice(image, label, num_classes))
         logging.info(
             "Wrote %s: shape %s, spacing %s mm.",
             names[-1],
@@ -399,6 +446,7 @@ def build_demo(
     spacing: float = 2.0,
     template_spacing: float | None = None,
     overwrite: bool = False,
+    task: str = "tissue",
 ) -> str:
     """Writes the demo task to `out_dir`; dataset.json is written last.
 
@@ -409,25 +457,29 @@ def build_demo(
       spacing: nominal case spacing in mm (tests use 6 for ~33x39x32 volumes).
       template_spacing: template grid in mm; default the finest case spacing, 0.9 * spacing.
       overwrite: replace an existing build; otherwise an existing dataset.json is an error.
+      task: "tissue" (GM / WM) or "hemispheres" (left / right GM, WM: needs context).
 
     Returns:
       Path of the written dataset.json.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     if num_cases < 1 or seed < 0 or spacing <= 0:
         raise ValueError(
             f"Need num_cases >= 1, seed >= 0, spacing > 0; got {num_cases}, {seed}, {spacing}."
         )
     json_path = _prepare_out_dir(out_dir, overwrite)
     template = load_template(template_spacing or SPACING_JITTER[0] * spacing)
-    names, floor = _write_cases(out_dir, template, num_cases, seed, spacing)
+    names, floor = _write_cases(out_dir, template, num_cases, seed, spacing, task)
     _remove_stale(out_dir, set(names))
     fileio.write_atomic(
-        os.path.join(out_dir, "README.md"), _readme(num_cases, seed, spacing, floor).encode()
+        os.path.join(out_dir, "README.md"),
+        _readme(num_cases, seed, spacing, floor, task).encode()
     )
-    fileio.write_atomic(json_path, (json.dumps(_dataset_json(names), indent=2) + "\n").encode())
-    logging.info(
-        "Intensity-median floor Dice GM %.3f WM %.3f; wrote %s.", floor[1], floor[2], json_path
-    )
+    fileio.write_atomic(json_path,
+                        (json.dumps(_dataset_json(names, task), indent=2) + "\n").encode())
+    logging.info("Intensity-median floor Dice %s; wrote %s.",
+                 np.round(floor[1:], 3).tolist(), json_path)
     return json_path
 
 
@@ -439,13 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0, help="Nominal spacing (mm).")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing build.")
+    parser.add_argument("--task", default="tissue", choices=sorted(TASKS),
+                        help="tissue: GM / WM; hemispheres: left / right GM and WM.")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)
     start = time.perf_counter()
     try:
         path = build_demo(
-            args.out, args.num_cases, args.seed, args.spacing, overwrite=args.overwrite
-        )
+            args.out, args.num_cases, args.seed, args.spacing, overwrite=args.overwrite,
+            task=args.task)
     except (FileExistsError, ValueError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1

@@ -64,12 +64,40 @@ def num_foreground(rng, batch_size: int, fg_fraction: float) -> int:
     return int(np.floor(expected)) + int(rng.random() < expected - np.floor(expected))
 
 
+def augment_intensity(rng, image: np.ndarray) -> np.ndarray:
+    """nnU-Net-style intensity augmentation of one patch (x, y, z, c), float32.
+
+    Per channel: contrast (x 0.75..1.25 about the mean, p 0.15), brightness (x 0.75..1.25,
+    p 0.15), gamma 0.7..1.5 on the patch's own range (p 0.3) and Gaussian noise of
+    variance 0..0.1 (p 0.15). No spatial change: labels stay as they are, and no flips
+    (a left/right label would swap).
+    """
+    out = image.astype(np.float32, copy=True)
+    for c in range(out.shape[-1]):
+        x = out[..., c]
+        if rng.random() < 0.15:
+            mean = x.mean()
+            x = (x - mean) * rng.uniform(0.75, 1.25) + mean
+        if rng.random() < 0.15:
+            x = x * rng.uniform(0.75, 1.25)
+        if rng.random() < 0.3:
+            low, high = x.min(), x.max()
+            if high > low:
+                x = low + (high - low) * ((x - low) / (high - low)) ** rng.uniform(0.7, 1.5)
+        if rng.random() < 0.15:
+            x = x + rng.normal(0.0, np.sqrt(rng.uniform(0.0, 0.1)), x.shape)
+        out[..., c] = x
+    return out
+
+
 def make_batch(cases, *, seed: int, step: int, batch_size: int, patch_size,
-               fg_fraction: float) -> dict[str, np.ndarray]:
+               fg_fraction: float, augment: bool = False) -> dict[str, np.ndarray]:
     """The batch of `step`: cases drawn uniformly, a `fg_fraction` share foreground-centred.
 
     Args:
       cases: sequence of objects with `image`, `label`, `fg_locations` (cache.PreparedCase).
+      augment: intensity augmentation (`augment_intensity`), drawn from the same
+        (seed, step) stream after the patches, so batches without it are unchanged.
     """
     rng = np.random.default_rng((seed, step))
     n_fg = num_foreground(rng, batch_size, fg_fraction)
@@ -78,6 +106,8 @@ def make_batch(cases, *, seed: int, step: int, batch_size: int, patch_size,
         case = cases[rng.integers(len(cases))]
         image, label = sample_patch(rng, case.image, case.label, case.fg_locations,
                                     patch_size, foreground=i < n_fg)
+        if augment:
+            image = augment_intensity(rng, image)
         images.append(image)
         labels.append(label)
     return {"image": np.stack(images).astype(np.float32),
@@ -115,6 +145,10 @@ def load_or_make_splits(path: str, case_ids, num_folds: int, seed: int = 0,
     """
     source = user_file or (path if os.path.exists(path) else "")
     if not source:
+        if not 2 <= num_folds <= len(case_ids):
+            raise msd.DataError(
+                f"{len(case_ids)} training cases cannot make {num_folds} folds: set "
+                f"--num_folds to a value from 2 to {len(case_ids)}")
         splits = kfold_splits(case_ids, num_folds, seed)
         with open(path + ".tmp", "w") as f:
             json.dump(splits, f, indent=1)

@@ -1,0 +1,83 @@
+"""The training loop every step-based phase runs through: search, fine-tune and train.
+
+`run` owns what a phase shares: resuming from its checkpoint, the epoch loss and the
+plateau rule, the NaN guard before every log line and checkpoint, log lines with steps/s
+and ETA, TensorBoard scalars, and orbax checkpoints at epoch ends. A phase supplies
+`step_fn(state, step) -> (state, metrics)`: it draws its batches as a pure function of
+(seed, step) and calls its jitted steps, so a resumed run replays exactly the same steps.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxnas import checkpoints
+from jaxnas import evaluation
+from jaxnas import writer as writer_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How many steps a phase runs, and where its epochs, logs and checkpoints fall."""
+
+    num_steps: int
+    steps_per_epoch: int
+    log_every: int
+    ckpt_every: int  # Rounded to whole epochs: a resume replays whole epochs.
+
+    @property
+    def ckpt_steps(self) -> int:
+        return max(1, round(self.ckpt_every / self.steps_per_epoch)) * self.steps_per_epoch
+
+
+def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager, writer,
+        workdir: str, plateau_fn: Callable | None = None,
+        scalars_fn: Callable | None = None, name: str = "train"):
+    """Runs `schedule.num_steps` steps from `state.step` on; returns the final state.
+
+    Args:
+      state: a pytree with an int `step` (restored from `manager` by the caller).
+      step_fn: (state, step) -> (state, metrics dict of scalars); metrics[loss_key] is the
+        training loss the plateau rule and the log line read.
+      plateau_fn: jitted (state, epoch_loss) -> (state, reduced), or None.
+      scalars_fn: state -> extra TensorBoard scalars at log steps (learning rates, alpha).
+    """
+    start = int(state.step)
+    if start:
+        logging.info("%s: resumed from checkpoint at step %d", name, start)
+    epoch_losses, tick, tick_step = [], time.time(), start
+    s = schedule
+    try:
+        for step in range(start, s.num_steps):
+            state, m = step_fn(state, step)
+            epoch_losses.append(m[loss_key])
+            done = step + 1
+            if done % s.steps_per_epoch == 0 and plateau_fn is not None:
+                epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
+                state, reduced = plateau_fn(state, epoch_loss)
+                if bool(reduced):
+                    logging.info("%s: training loss plateau: learning rates divided by 10",
+                                 name)
+            if done % s.steps_per_epoch == 0:
+                epoch_losses = []
+            save_now = done % s.ckpt_steps == 0 or done == s.num_steps
+            log_now = done % s.log_every == 0 or done == s.num_steps
+            if save_now or log_now:
+                m = jax.device_get(m)
+                evaluation.check_finite(m, done, workdir)  # Never checkpoint a NaN state.
+            if log_now:
+                rate = (done - tick_step) / max(time.time() - tick, 1e-9)
+                tick, tick_step = time.time(), done
+                extra = scalars_fn(state) if scalars_fn else {}
+                writer.write_scalars(done, {**m, **extra, f"{name}/steps_per_sec": rate})
+                writer_lib.progress_line(done, s.num_steps, float(m[loss_key]), rate)
+            if save_now:
+                checkpoints.save(manager, done, state)
+    finally:
+        # An error or interrupt must not lose the checkpoint still being written.
+        manager.wait_until_finished()
+    return state

@@ -1,0 +1,168 @@
+"""The planner: a run's sizes and schedules from the dataset fingerprint and a time budget.
+
+nnU-Net's idea in jaxnas's own rules. Pure functions: `fingerprint` summarises the
+preprocessed cases; `plan` maps (fingerprint, budget, backend) to settings, each with the
+reason it was chosen; `apply` writes them into a Config except where the user set the
+flag (`Config.user_set`); `split_budget` turns measured step times into step counts.
+
+Rules (why each):
+- Patch: the median preprocessed shape rounded up to a multiple of 16, so one patch holds
+  a whole typical case (context: left/right and which structure is where), shrunk
+  isotropically when it exceeds the voxel cap of the budget and machine. The search
+  trains the supernet (two ops per edge, 12 cells), far dearer per voxel than the
+  derived network, so it gets a smaller cap; the derived network is fine-tuned and
+  evaluated at the full patch (its params do not depend on the patch).
+- Batch 2 (nnU-Net's minimum; with batch Dice, two patches stabilise the Dice term).
+- Width: 8 on a CPU under 20 minutes, 16 under 2 hours, else 32 (the paper's).
+- Loss: Dice over foreground classes (batch Dice) + cross-entropy, as nnU-Net: a Dice
+  that includes background rewards predicting background everywhere on small structures.
+- Schedules: a linear lr warm-up, then cosine decay to 0 over each phase; SCNAS phases
+  Theta warm-up (15% of the search), then the bi-level search with tau and Gumbel noise
+  annealed over its first 60%, so the sampled network is the argmax one for the last
+  40% (schedules.py); then fine-tuning of the derived network (40% of the training time).
+- Sliding window: overlap 0.5 with Gaussian weights (nnU-Net), no mirroring (mirroring
+  would swap left and right labels, and costs 8x the time).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from jaxnas import config as config_lib
+
+DIVISOR = 16  # Patch axes divisible by 8 (3 reductions) x 2 (the stride-2 stem).
+# Patch voxel caps per budget minute on a CPU (with the stride-2 stem), from the step
+# times measured on 2 cores (WORKSPACE.md): a 9-minute budget affords 48^3 supernet and
+# 64^3 derived-network patches for a few hundred steps each.
+CPU_SEARCH_VOXELS_PER_MIN = 48**3 / 9
+CPU_TRAIN_VOXELS_PER_MIN = 64**3 / 9
+MAX_VOXELS = {"search": 64**3, "train": 128**3}  # The paper's 128^3 on accelerators.
+EVAL_RESERVE = 0.12  # Share of the budget kept for evaluation and the last compile.
+
+
+def fingerprint(shapes, *, spacing, num_classes: int, num_channels: int) -> dict:
+    """The dataset summary the rules read: median shape (after crop and resampling) etc."""
+    shapes = np.asarray([tuple(s)[:3] for s in shapes], np.float64)
+    return {"median_shape": [int(round(v)) for v in np.median(shapes, axis=0)],
+            "num_cases": len(shapes), "spacing": [float(s) for s in spacing],
+            "num_classes": int(num_classes), "num_channels": int(num_channels)}
+
+
+def fit_patch(shape, max_voxels: float) -> tuple[int, int, int]:
+    """shape rounded up to DIVISOR, shrunk isotropically until it has <= max_voxels."""
+    shape = np.maximum(np.asarray(shape, np.float64), DIVISOR)
+    scale = min(1.0, (max_voxels / np.prod(shape)) ** (1 / 3))
+    while True:
+        patch = tuple(int(max(DIVISOR, math.ceil(n * scale / DIVISOR) * DIVISOR))
+                      for n in shape)
+        if np.prod(patch) <= max_voxels or all(p == DIVISOR for p in patch):
+            return patch
+        scale *= 0.95
+
+
+def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu") -> dict:
+    """{setting: (value, reason)} for a planned run (see the module docstring)."""
+    cpu = backend == "cpu"
+    median = fp["median_shape"]
+    out = {}
+    if cpu:
+        caps = {"search": min(MAX_VOXELS["search"], CPU_SEARCH_VOXELS_PER_MIN * budget_minutes),
+                "train": min(MAX_VOXELS["train"], CPU_TRAIN_VOXELS_PER_MIN * budget_minutes)}
+    else:
+        caps = dict(MAX_VOXELS)
+    train_patch = fit_patch(median, caps["train"])
+    search_patch = fit_patch(median, caps["search"])
+    whole = "holds the whole median case" if all(
+        p >= m for p, m in zip(train_patch, median)) else "shrunk to the voxel cap"
+    out["patch_size"] = (train_patch, f"median case {median} rounded up to {DIVISOR}; {whole} "
+                         f"(cap {caps['train']:.0f} voxels on {backend})")
+    out["search_patch_size"] = (search_patch, f"supernet steps cost ~2-4x the derived "
+                                f"network's per voxel: cap {caps['search']:.0f} voxels")
+    out["stem_stride"] = (2 if cpu else 1, "cells on a grid half as fine plus a "
+                          "full-resolution refinement: a cell network at full resolution "
+                          "took 12.5 s per 80x96x80 batch-2 step on 2 CPU cores"
+                          if cpu else "the paper's full-resolution network on an accelerator")
+    out["batch_size"] = (2, "nnU-Net's minimum; two patches steady the batch Dice")
+    width = 8 if cpu and budget_minutes < 20 else 16 if budget_minutes < 120 else 32
+    out["width"] = (width, f"{budget_minutes:g} min on {backend}: "
+                    "8 below 20 min on a CPU, 16 below 2 h, else 32 (paper)")
+    out["dice_background"] = (False, "Dice over foreground classes: background-heavy "
+                              "patches otherwise reward all-background output")
+    out["batch_dice"] = (True, "Dice summed over the batch (nnU-Net): a class absent from "
+                         "one patch does not give a 0/0 term")
+    out["ce_weight"] = (1.0, "Dice + CE (nnU-Net): CE gives every voxel a gradient early on")
+    out["lr_schedule"] = ("cosine", "linear warm-up, then cosine decay to 0 per phase")
+    out["lr_w"] = (0.01, "Adam 1e-2 under warm-up and decay (3e-2 constant, the earlier demo "
+                   "setting, diverged more often once patches grew)")
+    out["betas_w"] = ((0.9, 0.999), "Adam's defaults (the paper's (0.1, 0.001) looks like a typo)")
+    out["lr_a"] = (0.03, "alpha must move within a few hundred bi-level steps")
+    out["warmup_fraction"] = (0.15, "Theta-only steps before alpha moves (ENAS/DARTS warm-up)")
+    out["anneal_fraction"] = (0.6, "tau and Gumbel noise reach their floor after 60% of the "
+                              "bi-level steps: the last 40% train the argmax network")
+    out["tau_min"] = (0.01, "at 0.01 the pair weights are (1, <1e-4): one op per edge")
+    out["finetune_fraction"] = (0.4, "the derived network keeps the search's Theta and trains "
+                                "on every training case (Theta and alpha halves)")
+    out["augment"] = (True, "intensity scale/shift, gamma and noise per patch; no flips "
+                      "(left/right labels)")
+    out["fg_fraction"] = (0.5, "half the patches centred on a voxel of a uniformly drawn "
+                          "present class, so every class is seen")
+    out["eval_overlap"] = (0.5, "nnU-Net's step of half a window")
+    out["eval_gaussian"] = (True, "Gaussian weights (sigma = window / 8) hide window seams")
+    out["eval_mirror"] = (False, "mirroring swaps left/right labels and costs 8x")
+    return out
+
+
+# Planned setting -> (Config section, field).
+FIELDS = {
+    "patch_size": ("data", "patch_size"), "search_patch_size": ("data", "search_patch_size"),
+    "batch_size": ("data", "batch_size"), "augment": ("data", "augment"),
+    "fg_fraction": ("data", "fg_fraction"), "width": ("search", "width"),
+    "stem_stride": ("search", "stem_stride"),
+    "dice_background": ("search", "dice_background"), "batch_dice": ("search", "batch_dice"),
+    "ce_weight": ("search", "ce_weight"), "lr_schedule": ("search", "lr_schedule"),
+    "lr_w": ("search", "lr_w"), "betas_w": ("search", "betas_w"), "lr_a": ("search", "lr_a"),
+    "warmup_fraction": ("search", "warmup_fraction"),
+    "anneal_fraction": ("search", "anneal_fraction"), "tau_min": ("search", "tau_min"),
+    "finetune_fraction": ("search", "finetune_fraction"),
+    "eval_overlap": ("eval", "overlap"), "eval_gaussian": ("eval", "gaussian"),
+    "eval_mirror": ("eval", "mirror"),
+}
+
+
+def apply(config: config_lib.Config, planned: dict) -> tuple[config_lib.Config, dict]:
+    """Config with the planned values, except flags the user gave; (config, record).
+
+    record: {setting: {"value", "reason"}} with "set by flag" for the ones kept.
+    """
+    sections = {"data": {}, "search": {}, "eval": {}}
+    record = {}
+    for name, (value, reason) in planned.items():
+        section, field = FIELDS[name]
+        if name in config.user_set:
+            record[name] = {"value": _json(getattr(getattr(config, section), field)),
+                            "reason": "set by flag"}
+            continue
+        sections[section][field] = value
+        record[name] = {"value": _json(value), "reason": reason}
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, **sections["data"]),
+        search=dataclasses.replace(config.search, **sections["search"]),
+        eval=dataclasses.replace(config.eval, **sections["eval"]))
+    return config, record
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def steps_in(seconds: float, step_seconds: float, *, minimum: int = 10) -> int:
+    """How many steps of step_seconds fit in seconds (at least `minimum`)."""
+    return max(minimum, int(seconds / max(step_seconds, 1e-6)))
+
+
+def search_horizon(num_steps: int, *, warmup_fraction: float, anneal_fraction: float):
+    """(warmup_end, anneal_end, total) of a planned search of num_steps iterations."""
+    warm = int(round(num_steps * warmup_fraction))
+    anneal_end = warm + int(round((num_steps - warm) * anneal_fraction))
+    return warm, anneal_end, num_steps

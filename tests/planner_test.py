@@ -1,0 +1,83 @@
+"""The planner's rules (jaxnas.planner) and the schedules it plans (jaxnas.schedules)."""
+
+import dataclasses
+
+import numpy as np
+from absl.testing import absltest
+
+from jaxnas import config as config_lib
+from jaxnas import planner
+from jaxnas import schedules
+
+FP = planner.fingerprint([(71, 87, 78), (75, 90, 80), (68, 85, 77)], spacing=(2, 2, 2),
+                         num_classes=3, num_channels=1)
+
+
+class PlanTest(absltest.TestCase):
+
+    def test_fingerprint_median(self):
+        self.assertEqual(FP["median_shape"], [71, 87, 78])
+        self.assertEqual(FP["num_cases"], 3)
+
+    def test_patch_holds_the_median_case_when_the_budget_allows(self):
+        plan = planner.plan(FP, budget_minutes=60, backend="cpu")
+        self.assertEqual(plan["patch_size"][0], (80, 96, 80))
+        self.assertIn("whole median case", plan["patch_size"][1])
+        # A small budget shrinks it, keeping axes divisible by 16 and under the cap.
+        small = planner.plan(FP, budget_minutes=3, backend="cpu")["patch_size"][0]
+        self.assertLess(np.prod(small), 80 * 96 * 80)
+        self.assertLessEqual(np.prod(small), planner.CPU_TRAIN_VOXELS_PER_MIN * 3)
+        self.assertTrue(all(p % 16 == 0 for p in small))
+
+    def test_every_choice_has_a_reason_and_a_field(self):
+        plan = planner.plan(FP, budget_minutes=9, backend="cpu")
+        for name, (value, reason) in plan.items():
+            self.assertIn(name, planner.FIELDS)
+            self.assertNotEmpty(reason, name)
+        self.assertFalse(plan["dice_background"][0])
+        self.assertFalse(plan["eval_mirror"][0])  # left/right labels must not be flipped
+        self.assertEqual(planner.plan(FP, budget_minutes=9, backend="gpu")["stem_stride"][0], 1)
+
+    def test_flags_given_by_the_user_win(self):
+        config = dataclasses.replace(config_lib.tiny(), user_set=("width", "patch_size"))
+        planned = planner.plan(FP, budget_minutes=9, backend="cpu")
+        new, record = planner.apply(config, planned)
+        self.assertEqual(new.search.width, config.search.width)
+        self.assertEqual(new.data.patch_size, config.data.patch_size)
+        self.assertEqual(record["width"]["reason"], "set by flag")
+        self.assertEqual(new.search.lr_schedule, "cosine")  # not given: planned
+        self.assertEqual(new.data.search_patch_size, planned["search_patch_size"][0])
+
+    def test_budget_to_steps(self):
+        self.assertEqual(planner.steps_in(100.0, 0.5), 200)
+        self.assertEqual(planner.steps_in(1.0, 10.0), 10)  # a floor of 10 steps
+        self.assertEqual(planner.search_horizon(100, warmup_fraction=0.15, anneal_fraction=0.6),
+                         (15, 66, 100))
+
+
+class SchedulesTest(absltest.TestCase):
+
+    def test_tau_and_noise_reach_their_floor_at_anneal_end(self):
+        horizon = (10, 60, 100)
+        self.assertAlmostEqual(float(schedules.annealed_tau(5, horizon, tau_min=0.01)), 1.0)
+        self.assertAlmostEqual(float(schedules.annealed_tau(35, horizon, tau_min=0.01)), 0.1,
+                               places=5)  # geometric: halfway in log space
+        self.assertAlmostEqual(float(schedules.annealed_tau(80, horizon, tau_min=0.01)), 0.01,
+                               places=6)
+        self.assertEqual(float(schedules.gumbel_noise_scale(0, horizon)), 1.0)
+        self.assertEqual(float(schedules.gumbel_noise_scale(60, horizon)), 0.0)
+
+    def test_lr_warms_up_then_decays_to_zero(self):
+        horizon = (0, 0, 100)
+        f = [float(schedules.lr_factor(s, horizon, warmup_steps=10)) for s in range(100)]
+        self.assertAlmostEqual(f[0], 0.1)
+        self.assertAlmostEqual(max(f), 1.0, places=2)
+        self.assertLess(f[-1], 0.01)
+        poly = float(schedules.lr_factor(55, horizon, warmup_steps=10, kind="poly"))
+        self.assertAlmostEqual(poly, 0.5**0.9, places=5)
+        self.assertEqual(float(schedules.lr_factor(99, horizon, warmup_steps=10,
+                                                   kind="constant")), 1.0)
+
+
+if __name__ == "__main__":
+    absltest.main()
