@@ -413,7 +413,7 @@ def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn=None, schedule_fn=None,
     """(weights_step, arch_step) with the static arguments bound, ready for jax.jit.
 
     sample_fn(key, arch, tau, noise) -> what apply_fn takes as its choice (default SCNAS's
-    `sample_edges`; `STRATEGIES` lists the others). Give schedule_fn (planned runs) or
+    `sample_edges`; `SAMPLERS` lists the others). Give schedule_fn (planned runs) or
     tau_fn (the paper's per-epoch tau).
     """
     common = dict(apply_fn=apply_fn, tau_fn=tau_fn, schedule_fn=schedule_fn, loss_fn=loss_fn,
@@ -433,7 +433,7 @@ def darts_weights(key: jax.Array, arch: ArchLogits, tau, noise=1.0) -> ArchLogit
 
 
 # strategy -> (sample_fn, whether the network runs all ops: network.apply_network_dense).
-STRATEGIES = {
+SAMPLERS = {
     "scnas": (sample_edges, False),  # 2 ops per edge, Gumbel-softmax pair (Algorithm 2).
     "gdas": (sample_edges_gdas, False),  # 1 op per edge, straight-through hard Gumbel.
     "darts": (darts_weights, True),  # All 8 ops, softmax weights.

@@ -58,14 +58,14 @@ def resolve_impl(impl: str) -> str:
 def make_model(config: config_lib.Config, in_channels: int, num_classes: int):
     """(init_fn(key) -> params, apply_fn(params, image, choice) -> logits) of the supernet.
 
-    The choice is what the strategy samples (search.STRATEGIES): an op pair per edge for
+    The choice is what the strategy samples (search.SAMPLERS): an op pair per edge for
     SCNAS and GDAS, softmax weights over all ops for DARTS.
     """
     impl = resolve_impl(config.search.impl)
     init_fn = functools.partial(network.init_network, in_channels=in_channels,
                                 num_classes=num_classes, width=config.search.width,
                                 stem_stride=config.search.stem_stride)
-    _, dense = search.STRATEGIES[config.search.strategy]
+    _, dense = search.SAMPLERS[config.search.strategy]
     apply = network.apply_network_dense if dense else network.apply_network
     return init_fn, functools.partial(apply, impl=impl)
 
@@ -137,7 +137,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     init_params, apply_fn = make_model(config, in_channels, num_classes)
     tx_w, tx_a = search.make_optimizers(lr_w=s.lr_w, betas_w=s.betas_w, lr_a=s.lr_a,
                                         betas_a=s.betas_a)
-    sample_fn, _ = search.STRATEGIES[s.strategy]
+    sample_fn, _ = search.SAMPLERS[s.strategy]
     if planned:
         schedule_fn = functools.partial(_planned_schedule, tau_min=s.tau_min,
                                         lr_kind=s.lr_schedule)

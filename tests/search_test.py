@@ -345,8 +345,8 @@ class StrategiesTest(absltest.TestCase):
         state0 = search.init_state(toy_params(key_params), search.init_arch(key_arch, scale=0.5),
                                    tx_w, tx_a)
         batch_w, batch_a = toy_batch(jax.random.key(1)), toy_batch(jax.random.key(2))
-        self.assertEqual(set(search.STRATEGIES), {"scnas", "gdas", "darts"})
-        for name, (sample_fn, dense) in search.STRATEGIES.items():
+        self.assertEqual(set(search.SAMPLERS), {"scnas", "gdas", "darts"})
+        for name, (sample_fn, dense) in search.SAMPLERS.items():
             step_w, step_a = search.make_steps(
                 apply_fn=toy_apply_dense if dense else toy_apply, loss_fn=loss_fn, tx_w=tx_w,
                 tx_a=tx_a, tau_fn=search.make_tau_fn(1), sample_fn=sample_fn)
