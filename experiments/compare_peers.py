@@ -9,8 +9,8 @@
 Then every system's held-out predictions are written in the ORIGINAL voxel grid (jaxnas
 via --mode=predict) and scored by one scorer (`dice_table`, jaxnas.metrics). Prints a
 markdown table for BENCHMARKS.md and writes runs/peers/<task>/table.md and results.json.
-The peers venv is made by experiments/bench_peers.py (torch CPU + monai), never a
-project dependency.
+The peers venv (torch CPU + monai + nibabel) is made on first use by
+bench_peers.ensure_peers_venv; it is never a project dependency.
 """
 
 import argparse
@@ -107,37 +107,34 @@ def main():
             "dice_mean_foreground": searched["dice_mean_foreground"],
             "params": summary["derived"]["params"], "wall_seconds": round(wall, 1)}
 
-    if "scratch" not in args.skip:
-        scratch_dir = os.path.join(out, "scratch")
-        wall_s = _run([py, "-m", "jaxnas.main", f"--flagfile={flagfile}",
-                       f"--workdir={scratch_dir}", "--mode=train",
-                       f"--architecture={os.path.join(jax_dir, 'genotype.json')}",
-                       f"--splits_file={os.path.join(jax_dir, 'splits.json')}"],
-                      os.path.join(out, "scratch.log"))
-        _predict(scratch_dir, data_dir, val_ids, os.path.join(out, "pred_scratch"),
-                 os.path.join(out, "predict_scratch.log"))
-        with open(os.path.join(scratch_dir, "summary.json")) as f:
-            scratch_summary = json.load(f)
-        results["jaxnas searched genotype trained from scratch (same budget)"] = {
-            **dice_table(os.path.join(out, "pred_scratch"), data_dir, val_ids, num_classes),
-            "params": scratch_summary["derived"]["params"], "wall_seconds": round(wall_s, 1)}
+    def train_row(name, architecture, title):
+        """A jaxnas --mode=train run on the same split and budget, predicted and scored."""
+        workdir = os.path.join(out, name)
+        seconds = _run([py, "-m", "jaxnas.main", f"--flagfile={flagfile}",
+                        f"--workdir={workdir}", "--mode=train", f"--architecture={architecture}",
+                        f"--splits_file={os.path.join(jax_dir, 'splits.json')}"],
+                       os.path.join(out, f"{name}.log"))
+        _predict(workdir, data_dir, val_ids, os.path.join(out, f"pred_{name}"),
+                 os.path.join(out, f"predict_{name}.log"))
+        with open(os.path.join(workdir, "summary.json")) as f:
+            params = json.load(f)["derived"]["params"]
+        results[title] = {
+            **dice_table(os.path.join(out, f"pred_{name}"), data_dir, val_ids, num_classes),
+            "params": params, "wall_seconds": round(seconds, 1)}
 
+    if "scratch" not in args.skip:
+        train_row("scratch", os.path.join(jax_dir, "genotype.json"),
+                  "jaxnas searched genotype trained from scratch (same budget)")
     if "uresnet" not in args.skip:
-        res_dir = os.path.join(out, "uresnet")
-        wall_r = _run([py, "-m", "jaxnas.main", f"--flagfile={flagfile}", f"--workdir={res_dir}",
-                       "--mode=train", "--architecture=uresnet",
-                       f"--splits_file={os.path.join(jax_dir, 'splits.json')}"],
-                      os.path.join(out, "uresnet.log"))
-        _predict(res_dir, data_dir, val_ids, os.path.join(out, "pred_uresnet"),
-                 os.path.join(out, "predict_uresnet.log"))
-        with open(os.path.join(res_dir, "summary.json")) as f:
-            res_summary = json.load(f)
-        results["jaxnas 3D U-ResNet (train mode, same budget)"] = {
-            **dice_table(os.path.join(out, "pred_uresnet"), data_dir, val_ids, num_classes),
-            "params": res_summary["derived"]["params"], "wall_seconds": round(wall_r, 1)}
+        train_row("uresnet", "uresnet", "jaxnas 3D U-ResNet (train mode, same budget)")
 
     if "monai" not in args.skip:
+        sys.path.insert(0, os.path.join(ROOT, "experiments"))
+        import bench_peers  # noqa: E402  (makes .venv-peers: torch CPU + monai)
+
+        bench_peers.ensure_peers_venv(skip_install=False)
         peers_py = os.path.join(ROOT, ".venv-peers", "bin", "python")
+        subprocess.run([peers_py, "-m", "pip", "install", "-q", "nibabel"], check=True)
         log = os.path.join(out, "monai.log")
         spacing = ",".join(str(v) for v in plan["target_spacing"])
         wall_m = _run([peers_py, os.path.join(ROOT, "experiments", "peer_unet.py"),

@@ -68,6 +68,10 @@ def planned_config(config: config_lib.Config, data: TrainingData,
     planned = planner.plan(fp, budget_minutes=config.search.budget_minutes,
                            backend=jax.default_backend())
     config, record = planner.apply(config, planned)
+    try:  # A flag kept by the user may not fit a planned choice (a patch and the stem).
+        config_lib.validate(config)
+    except ValueError as e:
+        raise msd.DataError(f"with the planned settings (planned.json): {e}") from None
     fileio.write_json(os.path.join(workdir, "planned.json"),
                       {"fingerprint": fp, "budget_minutes": config.search.budget_minutes,
                        "choices": record})

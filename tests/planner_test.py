@@ -48,6 +48,22 @@ class PlanTest(absltest.TestCase):
         self.assertEqual(new.search.lr_schedule, "cosine")  # not given: planned
         self.assertEqual(new.data.search_patch_size, planned["search_patch_size"][0])
 
+    def test_a_kept_flag_that_does_not_fit_the_plan_is_one_clear_error(self):
+        import types
+        from jaxnas import prepare
+        from jaxnas.data import msd
+
+        config = dataclasses.replace(config_lib.tiny(), user_set=("patch_size",))
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, data_dir="/x", patch_size=(40,) * 3),
+            search=dataclasses.replace(config.search, budget_minutes=5))
+        case = types.SimpleNamespace(image=np.zeros((71, 87, 78, 1)))
+        data = types.SimpleNamespace(
+            theta_ids=["a"], alpha_ids=["b"], cases={"a": case, "b": case}, spacing=(2, 2, 2),
+            dataset=types.SimpleNamespace(num_classes=3, modalities=("T1",)))
+        with self.assertRaisesRegex(msd.DataError, "divisible by 16"):
+            prepare.planned_config(config, data, self.create_tempdir().full_path)
+
     def test_budget_to_steps(self):
         self.assertEqual(planner.steps_in(100.0, 0.5), 200)
         self.assertEqual(planner.steps_in(1.0, 10.0), 10)  # a floor of 10 steps
