@@ -40,6 +40,29 @@ class PatchTest(absltest.TestCase):
         np.testing.assert_array_equal(a["label"], b["label"])
         self.assertFalse(np.array_equal(a["image"], c["image"]))
 
+    def test_intensity_augmentation(self):
+        cases = [_case(seed=0), _case(seed=1)]
+        kwargs = dict(seed=3, batch_size=2, patch_size=(8, 8, 8), fg_fraction=0.5)
+        changed = 0
+        for step in range(20):
+            plain = patches.make_batch(cases, step=step, **kwargs)
+            aug = patches.make_batch(cases, step=step, augment=True, **kwargs)
+            again = patches.make_batch(cases, step=step, augment=True, **kwargs)
+            np.testing.assert_array_equal(aug["image"], again["image"])  # (seed, step)
+            self.assertEqual(aug["image"].dtype, np.float32)
+            self.assertTrue(np.all(np.isfinite(aug["image"])))
+            # The first patch is cut before any augmentation draw: same crop, same label.
+            np.testing.assert_array_equal(aug["label"][0], plain["label"][0])
+            changed += not np.array_equal(aug["image"][0], plain["image"][0])
+        self.assertBetween(changed, 5, 20)  # each transform fires with p 0.15-0.3
+        rng = np.random.default_rng(0)
+        patch = np.linspace(-1, 1, 64, dtype=np.float32).reshape(4, 4, 4, 1)
+        for _ in range(50):
+            out = patches.augment_intensity(rng, patch)
+            self.assertEqual(out.shape, patch.shape)
+        np.testing.assert_array_equal(patch, np.linspace(-1, 1, 64).reshape(4, 4, 4, 1)
+                                      .astype(np.float32))  # the input is not modified
+
     def test_foreground_rate(self):
         # The foreground is tiny, so random crops rarely contain it: patches with
         # foreground come (almost) only from foreground-centred sampling.

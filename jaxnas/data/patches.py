@@ -96,8 +96,9 @@ def make_batch(cases, *, seed: int, step: int, batch_size: int, patch_size,
 
     Args:
       cases: sequence of objects with `image`, `label`, `fg_locations` (cache.PreparedCase).
-      augment: intensity augmentation (`augment_intensity`), drawn from the same
-        (seed, step) stream after the patches, so batches without it are unchanged.
+      augment: intensity augmentation (`augment_intensity`) of each patch, drawn from the
+        same (seed, step) stream right after that patch; without it the draws, and so the
+        batches, are those of earlier versions.
     """
     rng = np.random.default_rng((seed, step))
     n_fg = num_foreground(rng, batch_size, fg_fraction)
