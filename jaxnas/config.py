@@ -178,8 +178,6 @@ def validate(config: Config) -> None:
     if not 0 <= d.fold < d.num_folds:
         raise ValueError(f"--fold must be in [0, {d.num_folds}), got {d.fold}")
     s = config.search
-    if config.mode != "prepare" and any(p % 8 for p in d.patch_size):
-        raise ValueError(f"--patch_size must be divisible by 8 (3 poolings), got {d.patch_size}")
     if s.strategy not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
     if min(s.num_candidates, s.num_topologies, s.num_groups, s.num_children,

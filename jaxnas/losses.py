@@ -8,6 +8,8 @@ an integer-label cross-entropy: its backward constant-folds a scatter for about 
 compile on XLA:CPU (DESIGN.md section 7).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -91,3 +93,11 @@ def dice_ce(
     if ce_weight:  # static: the CE graph is not even built for the paper's loss
         loss = loss + ce_weight * cross_entropy(logits, labels, num_classes=num_classes)
     return loss
+
+
+def from_settings(search_config, num_classes: int):
+    """loss_fn(logits, labels) of a run's settings (config.SearchConfig): the one place
+    that maps --ce_weight, --dice_background and --batch_dice onto dice_ce."""
+    s = search_config
+    return functools.partial(dice_ce, num_classes=num_classes, ce_weight=s.ce_weight,
+                             include_background=s.dice_background, batch_dice=s.batch_dice)

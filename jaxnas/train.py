@@ -79,12 +79,6 @@ def step_batch(cases, config, step: int, stream: int, patch_size=None) -> dict:
                               fg_fraction=d.fg_fraction, augment=d.augment)
 
 
-def loss_fn_of(config: config_lib.Config, num_classes: int):
-    s = config.search
-    return functools.partial(losses.dice_ce, num_classes=num_classes, ce_weight=s.ce_weight,
-                             include_background=s.dice_background, batch_dice=s.batch_dice)
-
-
 def time_steps(run_once, state, repeats: int = 3) -> float:
     """Seconds per call of run_once(state) -> state, after one warm-up (compile) call.
 
@@ -144,7 +138,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     else:
         schedule_fn = search.paper_schedule(
             search.make_tau_fn(steps_per_epoch, rate=s.tau_rate, tau_min=s.tau_min))
-    step_w, step_a = search.make_steps(apply_fn=apply_fn, loss_fn=loss_fn_of(config, num_classes),
+    step_w, step_a = search.make_steps(apply_fn=apply_fn, loss_fn=losses.from_settings(s, num_classes),
                                        tx_w=tx_w, tx_a=tx_a, schedule_fn=schedule_fn,
                                        sample_fn=sample_fn)
     mesh = sharding.mesh_from_spec(s.mesh)
