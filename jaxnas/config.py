@@ -27,6 +27,7 @@ class DataConfig:
     # fine-tune, train and sliding-window patch).
     search_patch_size: tuple[int, int, int] | None = None
     augment: bool = False  # Intensity scale/shift, gamma and noise per patch (patches.py).
+    augment_spatial: bool = False  # Rotation and scaling per patch (patches.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,8 @@ class SearchConfig:
     # SCNAS space: 2 runs the cells on a grid half as fine plus a full-resolution
     # refinement (network.py); 1 is the paper's network.
     stem_stride: int = 1
+    # SCNAS space: node width / cell level width (network.py); cell outputs are 4 nodes.
+    node_scale: float = 0.25
     finetune_fraction: float = 0.0  # Share of the training time fine-tuning the derived net.
     warmup_fraction: float = 0.0  # Planned search: Theta-only share of the search steps.
     anneal_fraction: float = 0.0  # Planned search: share of the bi-level steps annealing tau.
@@ -114,7 +117,7 @@ def from_flags(f) -> Config:
         splits_file=f.splits_file,
         alpha_fraction=f.alpha_fraction,
         search_patch_size=tuple(int(v) for v in f.search_patch_size) or None,
-        augment=f.augment,
+        augment=f.augment, augment_spatial=f.augment_spatial,
     )
     search = SearchConfig(
         width=f.width, strategy=f.strategy, impl=f.impl, num_epochs=f.num_epochs,
@@ -127,7 +130,7 @@ def from_flags(f) -> Config:
         num_groups=f.num_groups, coarse_fraction=f.coarse_fraction,
         num_children=f.num_children, lr_controller=f.lr_controller,
         entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches,
-        budget_minutes=f.budget_minutes, stem_stride=f.stem_stride,
+        budget_minutes=f.budget_minutes, stem_stride=f.stem_stride, node_scale=f.node_scale,
         finetune_fraction=f.finetune_fraction,
         warmup_fraction=f.warmup_fraction, anneal_fraction=f.anneal_fraction,
         lr_schedule=f.lr_schedule, dice_background=f.dice_background, batch_dice=f.batch_dice)
@@ -248,6 +251,10 @@ def _check_ranges(config: Config) -> None:
             raise ValueError(f"--{name} must be in [0, 1), got {value}")
     if s.stem_stride not in (1, 2):
         raise ValueError(f"--stem_stride must be 1 or 2, got {s.stem_stride}")
+    node = s.width * s.node_scale
+    if not (s.node_scale > 0 and node >= 1 and node == int(node)):
+        raise ValueError(f"--node_scale times --width must be a whole number of channels, "
+                         f"got {s.node_scale} x {s.width} = {node:g}")
     divisor = 8 * s.stem_stride
     if config.mode != "prepare" and any(p % divisor for p in d.patch_size):
         raise ValueError(f"--patch_size must be divisible by {divisor} (3 poolings"

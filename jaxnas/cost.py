@@ -60,12 +60,12 @@ def derived_macs(index, *, in_channels: int, num_classes: int, width: int, patch
 
 
 def derived_cost(index, params, *, in_channels: int, num_classes: int, width: int,
-                 patch_size) -> dict:
+                 patch_size, node_scale: float = network.DEFAULT_NODE_SCALE) -> dict:
     """{"params": parameters kept by the derived network, "gflops": 1e9 multiply-adds}."""
     return {
         "params": network.num_params_derived(params, index),
         "gflops": derived_macs(index, in_channels=in_channels, num_classes=num_classes,
-                               width=width, patch_size=patch_size,
+                               width=width, patch_size=patch_size, node_scale=node_scale,
                                stem_stride=network.stem_stride(params)) / 1e9,
         "patch_size": list(patch_size),
     }

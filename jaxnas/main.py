@@ -42,6 +42,9 @@ flags.DEFINE_list("search_patch_size", [], "Supernet patch x,y,z during a search
                   "--patch_size (the planner picks a smaller one under --budget_minutes).")
 flags.DEFINE_bool("augment", _D.augment, "Intensity augmentation of training patches "
                   "(scale/shift, gamma, noise; no flips).")
+flags.DEFINE_bool("augment_spatial", _D.augment_spatial, "Rotation (up to 15 degrees "
+                  "per axis) and scaling (0.85-1.15) of training patches, each with p 0.2; "
+                  "no flips.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Patches per step.")
 flags.DEFINE_float("fg_fraction", _D.fg_fraction, "Share of patches centred on foreground.")
 flags.DEFINE_integer("num_folds", _D.num_folds, "Cross-validation folds.")
@@ -102,6 +105,9 @@ flags.DEFINE_float("budget_minutes", _S.budget_minutes,
 flags.DEFINE_integer("stem_stride", _S.stem_stride,
                      "SCNAS space: 2 runs the cells on a grid half as fine (8x fewer voxels) "
                      "with a full-resolution refinement head; 1 is the paper's network.")
+flags.DEFINE_float("node_scale", _S.node_scale,
+                   "SCNAS space: node width / cell level width; 1/4 gives cell outputs of "
+                   "width * 2**level (the paper's channel counts), 1/2 twice the node width.")
 flags.DEFINE_float("finetune_fraction", _S.finetune_fraction,
                    "Share of the training time that fine-tunes the derived network after a "
                    "search (Theta kept, all training cases).")

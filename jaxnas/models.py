@@ -38,7 +38,7 @@ class Model(NamedTuple):
 
 
 def describe(architecture: str, *, in_channels: int, num_classes: int, width: int,
-             seed: int = 0, stem_stride: int = 1) -> dict:
+             seed: int = 0, stem_stride: int = 1, node_scale: float = 0.25) -> dict:
     """The model description of `--architecture`: "uresnet", "random", "random:SEED" or a
     genotype.json path (found on this task, or on another one: architecture transfer)."""
     common = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
@@ -48,9 +48,9 @@ def describe(architecture: str, *, in_channels: int, num_classes: int, width: in
         random_seed = int(architecture.partition(":")[2] or seed)
         return {"kind": "genotype", "source": f"random:{random_seed}",
                 "genotype": genotype_lib.random_genotype(random_seed),
-                "stem_stride": stem_stride, **common}
+                "stem_stride": stem_stride, "node_scale": node_scale, **common}
     genotype = genotype_lib.load_genotype(architecture)  # ValueError names the file.
-    extra = {"stem_stride": stem_stride} if genotype_lib.space_of(genotype) == "scnas" else {}
+    extra = {"stem_stride": stem_stride, "node_scale": node_scale} if genotype_lib.space_of(genotype) == "scnas" else {}
     return {"kind": "genotype", "source": architecture, "genotype": genotype, **extra, **common}
 
 
@@ -85,8 +85,10 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0,
     index = genotype_lib.genotype_to_indices(description["genotype"])
     static = fixed_network.static_index(index)
     stride = int(description.get("stem_stride", 1))
+    node_scale = float(description.get("node_scale", network.DEFAULT_NODE_SCALE))
     init = functools.partial(fixed_network.init_fixed, index=static, in_channels=c_in,
-                             num_classes=k, width=width, stem_stride=stride)
+                             num_classes=k, width=width, stem_stride=stride,
+                             node_scale=node_scale)
     apply = functools.partial(fixed_network.apply_fixed, index=static, impl=impl)
 
     def genotype_cost(patch):
@@ -94,7 +96,8 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0,
         return {"params": network.num_params(params),
                 "gflops": cost.derived_macs(index, in_channels=c_in, num_classes=k,
                                             width=width, patch_size=patch,
-                                            stem_stride=stride) / 1e9,
+                                            stem_stride=stride,
+                                            node_scale=node_scale) / 1e9,
                 "patch_size": list(patch)}
 
     return Model(init=init, apply=apply,

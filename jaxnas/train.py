@@ -64,7 +64,8 @@ def make_model(config: config_lib.Config, in_channels: int, num_classes: int):
     impl = resolve_impl(config.search.impl)
     init_fn = functools.partial(network.init_network, in_channels=in_channels,
                                 num_classes=num_classes, width=config.search.width,
-                                stem_stride=config.search.stem_stride)
+                                stem_stride=config.search.stem_stride,
+                                node_scale=config.search.node_scale)
     _, dense = search.SAMPLERS[config.search.strategy]
     apply = network.apply_network_dense if dense else network.apply_network
     return init_fn, functools.partial(apply, impl=impl)
@@ -76,7 +77,8 @@ def step_batch(cases, config, step: int, stream: int, patch_size=None) -> dict:
     d = config.data
     return patches.make_batch(cases, seed=config.seed, step=2 * step + stream,
                               batch_size=d.batch_size, patch_size=patch_size or d.patch_size,
-                              fg_fraction=d.fg_fraction, augment=d.augment)
+                              fg_fraction=d.fg_fraction, augment=d.augment,
+                              augment_spatial=d.augment_spatial)
 
 
 def time_steps(run_once, state, repeats: int = 3) -> float:
@@ -208,7 +210,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     description = {"kind": "genotype", "source": f"{s.strategy} search",
                    "genotype": genotype, "in_channels": in_channels,
                    "num_classes": num_classes, "width": s.width,
-                   "stem_stride": s.stem_stride}
+                   "stem_stride": s.stem_stride, "node_scale": s.node_scale}
     model = models.build(description, impl=resolve_impl(s.impl), ce_weight=s.ce_weight,
                          dice_background=s.dice_background, batch_dice=s.batch_dice)
     params = fixed_network.compact_from_supernet(state.params, index)
@@ -238,7 +240,8 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
             "dice_mean_foreground": searched["dice_mean_foreground"]}
     derived_cost = cost.derived_cost(index, state.params, in_channels=in_channels,
                                      num_classes=num_classes, width=s.width,
-                                     patch_size=config.data.patch_size)
+                                     patch_size=config.data.patch_size,
+                                     node_scale=s.node_scale)
     genotype_lib.save_genotype(os.path.join(workdir, "genotype.json"), genotype,
                                extra={"derived": derived_cost})
     genotype_png = os.path.join(workdir, "pictures", "cells.png")

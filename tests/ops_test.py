@@ -63,6 +63,22 @@ class OpsTest(parameterized.TestCase):
             for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
                 np.testing.assert_allclose(leaf_a, leaf_b, atol=1e-4, rtol=1e-4, err_msg=part)
 
+    @parameterized.product(c_in=(1, 2, 3), case=CASES)
+    def test_few_channel_conv_matches_xla(self, c_in, case):
+        # The stem's case: an image of 1-3 modalities into the 27-tap loop.
+        shape_name, stride = case
+        shape = (*SHAPES[shape_name][:4], c_in)
+        key_x, key_w = jax.random.split(jax.random.key(c_in))
+        x, w = jax.random.normal(key_x, shape), jax.random.normal(key_w, (3, 3, 3, c_in, 5))
+
+        def both(w, x):
+            return [jax.value_and_grad(lambda w, x: jnp.sum(jnp.sin(ops.conv3(
+                x, w, stride=stride, impl=impl))), argnums=(0, 1))(w, x) for impl in ops.IMPLS]
+
+        fast, xla = jax.jit(both)(w, x)
+        for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(xla)):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
     @parameterized.parameters(*CASES)
     def test_zero_op_is_zeros(self, shape_name, stride):
         y, _, dx = self.results[shape_name, stride]["fast"]["zero"]

@@ -63,6 +63,35 @@ class PatchTest(absltest.TestCase):
         np.testing.assert_array_equal(patch, np.linspace(-1, 1, 64).reshape(4, 4, 4, 1)
                                       .astype(np.float32))  # the input is not modified
 
+    def test_spatial_augmentation(self):
+        cases = [_case(seed=0), _case(seed=1)]
+        kwargs = dict(seed=3, batch_size=2, patch_size=(12, 10, 8), fg_fraction=0.5)
+        changed = 0
+        for step in range(30):
+            aug = patches.make_batch(cases, step=step, augment_spatial=True, **kwargs)
+            again = patches.make_batch(cases, step=step, augment_spatial=True, **kwargs)
+            np.testing.assert_array_equal(aug["image"], again["image"])  # (seed, step)
+            np.testing.assert_array_equal(aug["label"], again["label"])
+            self.assertEqual(aug["image"].shape, (2, 12, 10, 8, 1))
+            self.assertTrue(set(np.unique(aug["label"])) <= {0, 1})  # nearest: no new labels
+            plain = patches.make_batch(cases, step=step, **kwargs)
+            # Patch 0 is cut before its transform is drawn: unchanged unless one fires.
+            changed += not np.array_equal(aug["image"][0], plain["image"][0])
+        self.assertBetween(changed, 4, 20)  # rotation or scaling: p 0.36 per patch
+        # The identity transform resamples exactly the plain crop (linear at grid points).
+        case, start = cases[0], np.array([3, 4, 5])
+        image, label = patches.resample_patch(case.image, case.label, start, (12, 10, 8),
+                                              np.eye(3))
+        np.testing.assert_allclose(image, patches.extract_patch(case.image, start, (12, 10, 8)),
+                                   atol=1e-5)
+        np.testing.assert_array_equal(label, patches.extract_patch(case.label, start,
+                                                                   (12, 10, 8)))
+        # A 90-degree turn about z maps the crop onto itself turned (square x-y patch).
+        turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        image, _ = patches.resample_patch(case.image, case.label, start, (10, 10, 8), turn)
+        crop = patches.extract_patch(case.image, start, (10, 10, 8))
+        np.testing.assert_allclose(image, np.rot90(crop, k=-1, axes=(0, 1)), atol=1e-5)
+
     def test_foreground_rate(self):
         # The foreground is tiny, so random crops rarely contain it: patches with
         # foreground come (almost) only from foreground-centred sampling.

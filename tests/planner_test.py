@@ -38,6 +38,12 @@ class PlanTest(absltest.TestCase):
         self.assertFalse(plan["eval_mirror"][0])  # left/right labels must not be flipped
         self.assertEqual(planner.plan(FP, budget_minutes=9, backend="gpu")["stem_stride"][0], 1)
 
+    def test_short_budgets_give_most_of_the_time_to_fine_tuning(self):
+        short = planner.plan(FP, budget_minutes=9, backend="cpu")["finetune_fraction"][0]
+        long = planner.plan(FP, budget_minutes=240, backend="cpu")["finetune_fraction"][0]
+        self.assertGreater(short, 0.5)
+        self.assertLess(long, short)
+
     def test_flags_given_by_the_user_win(self):
         config = dataclasses.replace(config_lib.tiny(), user_set=("width", "patch_size"))
         planned = planner.plan(FP, budget_minutes=9, backend="cpu")

@@ -39,11 +39,14 @@ def extract_patch(volume: np.ndarray, start, patch_size) -> np.ndarray:
     return out
 
 
-def sample_patch(rng, image, label, fg_locations, patch_size, foreground: bool):
+def sample_patch(rng, image, label, fg_locations, patch_size, foreground: bool,
+                 spatial: bool = False):
     """One (image patch, label patch), centred on a foreground voxel if `foreground`.
 
     For a foreground patch a present class is picked uniformly, then one of its voxels
     (nnU-Net's class-balanced oversampling). A case without foreground gets a random crop.
+    spatial: a rotation and scaling about the patch centre (`spatial_transform`), drawn
+    after the crop.
     """
     center = None
     classes = sorted(k for k, v in fg_locations.items() if len(v))
@@ -51,7 +54,51 @@ def sample_patch(rng, image, label, fg_locations, patch_size, foreground: bool):
         coords = fg_locations[classes[rng.integers(len(classes))]]
         center = coords[rng.integers(len(coords))]
     start = _patch_start(rng, label.shape, patch_size, center)
-    return extract_patch(image, start, patch_size), extract_patch(label, start, patch_size)
+    matrix = spatial_transform(rng) if spatial else None
+    if matrix is None:
+        return extract_patch(image, start, patch_size), extract_patch(label, start, patch_size)
+    return resample_patch(image, label, start, patch_size, matrix)
+
+
+# nnU-Net's rotation and scaling augmentation, with smaller ranges: the budgets here are
+# minutes, not 1000 epochs, and both left/right labels and anatomy keep their handedness
+# (no flips). Each of rotation and scaling fires with p 0.2 per patch.
+ROTATION_DEGREES = 15.0
+SCALE_RANGE = (0.85, 1.15)
+
+
+def spatial_transform(rng) -> np.ndarray | None:
+    """A 3x3 matrix mapping patch offsets to volume offsets, or None (no change)."""
+    rotate, scale = rng.random() < 0.2, rng.random() < 0.2
+    if not (rotate or scale):
+        return None
+    matrix = np.eye(3)
+    if rotate:
+        for axis, angle in enumerate(np.deg2rad(rng.uniform(-1, 1, 3) * ROTATION_DEGREES)):
+            i, j = [a for a in range(3) if a != axis]
+            r = np.eye(3)
+            r[i, i] = r[j, j] = np.cos(angle)
+            r[i, j], r[j, i] = -np.sin(angle), np.sin(angle)
+            matrix = r @ matrix
+    if scale:
+        matrix = matrix * rng.uniform(*SCALE_RANGE)  # > 1 zooms out (more context).
+    return matrix
+
+
+def resample_patch(image, label, start, patch_size, matrix):
+    """The patch at `start`, its grid rotated/scaled by `matrix` about the patch centre:
+    linear for the image, nearest for the label, zeros outside the volume."""
+    from scipy import ndimage  # Only runs that augment spatially pay the import.
+
+    patch = np.asarray(patch_size, np.float64)
+    centre = np.asarray(start, np.float64) + (patch - 1) / 2
+    grid = np.stack(np.meshgrid(*[np.arange(p) - (p - 1) / 2 for p in patch],
+                                indexing="ij"), axis=0).reshape(3, -1)
+    coords = (matrix @ grid + centre[:, None]).reshape(3, *patch_size)
+    channels = [ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant",
+                                        cval=0.0) for c in range(image.shape[-1])]
+    out_label = ndimage.map_coordinates(label, coords, order=0, mode="constant", cval=0)
+    return np.stack(channels, axis=-1).astype(image.dtype), out_label.astype(label.dtype)
 
 
 def num_foreground(rng, batch_size: int, fg_fraction: float) -> int:
@@ -91,7 +138,8 @@ def augment_intensity(rng, image: np.ndarray) -> np.ndarray:
 
 
 def make_batch(cases, *, seed: int, step: int, batch_size: int, patch_size,
-               fg_fraction: float, augment: bool = False) -> dict[str, np.ndarray]:
+               fg_fraction: float, augment: bool = False,
+               augment_spatial: bool = False) -> dict[str, np.ndarray]:
     """The batch of `step`: cases drawn uniformly, a `fg_fraction` share foreground-centred.
 
     Args:
@@ -99,6 +147,8 @@ def make_batch(cases, *, seed: int, step: int, batch_size: int, patch_size,
       augment: intensity augmentation (`augment_intensity`) of each patch, drawn from the
         same (seed, step) stream right after that patch; without it the draws, and so the
         batches, are those of earlier versions.
+      augment_spatial: rotation and scaling of each patch (`spatial_transform`); off, the
+        stream and the batches are unchanged.
     """
     rng = np.random.default_rng((seed, step))
     n_fg = num_foreground(rng, batch_size, fg_fraction)
@@ -106,7 +156,8 @@ def make_batch(cases, *, seed: int, step: int, batch_size: int, patch_size,
     for i in range(batch_size):
         case = cases[rng.integers(len(cases))]
         image, label = sample_patch(rng, case.image, case.label, case.fg_locations,
-                                    patch_size, foreground=i < n_fg)
+                                    patch_size, foreground=i < n_fg,
+                                    spatial=augment_spatial)
         if augment:
             image = augment_intensity(rng, image)
         images.append(image)
