@@ -27,6 +27,9 @@ Edges hold the params of all 8 ops; `apply_edge_op` runs one of them with `lax.s
 traced index, each branch in `jax.checkpoint` so the backward pass keeps no residuals of
 the 7 branches not taken (DESIGN.md section 3). With "fast", the three separable convs
 share one branch whose dilation is traced (less code to compile).
+
+The ops run under `jax.named_scope`s (conv_taps, instance_norm, ...): XLA keeps them in
+every fused op's name, and experiments/profile_step.py groups a profile by them.
 """
 
 import functools
@@ -127,6 +130,7 @@ def strided_shape(shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
     return (shape[0], *(-(-n // stride) for n in shape[1:4]), shape[4])
 
 
+@jax.named_scope("leaky_relu")
 def leaky_relu(x: Volume) -> Volume:
     return jax.nn.leaky_relu(x, LEAKY_SLOPE)
 
@@ -138,13 +142,44 @@ def norm_spec(c: int) -> dict:
     return {"scale": ParamSpec((c,), "ones"), "bias": ParamSpec((c,), "zeros")}
 
 
+@jax.named_scope("instance_norm")
 def instance_norm(params: dict, x: Volume) -> Volume:
     """Affine InstanceNorm: per example and channel over x, y, z; reads params scale, bias."""
-    mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=(1, 2, 3), keepdims=True)
-    return (x - mean) * lax.rsqrt(var + NORM_EPS) * params["scale"] + params["bias"]
+    return _instance_norm(x, params["scale"], params["bias"])
 
 
+_SPACE = (1, 2, 3)
+
+
+def _instance_norm_fwd(x, scale, bias):
+    mean = jnp.mean(x, axis=_SPACE, keepdims=True)
+    xc = x - mean
+    rstd = lax.rsqrt(jnp.mean(jnp.square(xc), axis=_SPACE, keepdims=True) + NORM_EPS)
+    xhat = xc * rstd
+    return xhat * scale + bias, (xhat, rstd, scale)
+
+
+def _instance_norm_bwd(residuals, dy):
+    # The closed form (two reductions over the volume) instead of autodiff's chain through
+    # mean, centring, variance and rsqrt: the profile of a derived-network step had the
+    # autodiff backward as its largest op kind (17%, experiments/profile_step.py).
+    with jax.named_scope("instance_norm_bwd"):
+        xhat, rstd, scale = residuals
+        g = dy * scale
+        dx = rstd * (g - jnp.mean(g, axis=_SPACE, keepdims=True)
+                     - xhat * jnp.mean(g * xhat, axis=_SPACE, keepdims=True))
+        return dx, jnp.sum(dy * xhat, axis=(0, *_SPACE)), jnp.sum(dy, axis=(0, *_SPACE))
+
+
+@jax.custom_vjp
+def _instance_norm(x, scale, bias):
+    return _instance_norm_fwd(x, scale, bias)[0]
+
+
+_instance_norm.defvjp(_instance_norm_fwd, _instance_norm_bwd)
+
+
+@jax.named_scope("pointwise_conv")
 def pointwise(x: Volume, w: Float[Array, "i o"]) -> Volume:
     """1x1x1 conv without bias."""
     return jnp.dot(x, w, preferred_element_type=x.dtype)
@@ -169,6 +204,7 @@ def factorized_reduce_spec(c_in: int, c_out: int) -> dict:
     return specs
 
 
+@jax.named_scope("factorized_reduce")
 def apply_factorized_reduce(params: dict, x: Volume) -> Volume:
     """DARTS FactorizedReduce in 3D: LeakyReLU, two 1x1x1 stride-2 convs, concat, IN.
 
@@ -227,15 +263,16 @@ def _shifted_conv(x: Volume, w27, dilation, stride: int, pad: int, depthwise: bo
     dilation may be a traced int32 scalar (<= pad): one program then serves the three
     dilated separable convs.
     """
-    xp = _pad_same(x, pad)
-    out = strided_shape(x.shape, stride)[1:4]
-    c_out = x.shape[-1] if depthwise else w27.shape[-1]
+    with jax.named_scope("depthwise_taps" if depthwise else "conv_taps"):
+        xp = _pad_same(x, pad)
+        out = strided_shape(x.shape, stride)[1:4]
+        c_out = x.shape[-1] if depthwise else w27.shape[-1]
 
-    def tap(t, y):
-        window = _window(xp, _tap_start(t, dilation, pad), out, stride)
-        return y + _tap_product(window, w27[t], depthwise)
+        def tap(t, y):
+            window = _window(xp, _tap_start(t, dilation, pad), out, stride)
+            return y + _tap_product(window, w27[t], depthwise)
 
-    return lax.fori_loop(0, 27, tap, jnp.zeros((x.shape[0], *out, c_out), x.dtype))
+        return lax.fori_loop(0, 27, tap, jnp.zeros((x.shape[0], *out, c_out), x.dtype))
 
 
 def _shifted_conv_fwd(x, w27, dilation, stride, pad, depthwise):
@@ -243,6 +280,11 @@ def _shifted_conv_fwd(x, w27, dilation, stride, pad, depthwise):
 
 
 def _shifted_conv_bwd(stride, pad, depthwise, residuals, dy):
+    with jax.named_scope("depthwise_taps_bwd" if depthwise else "conv_taps_bwd"):
+        return _shifted_conv_bwd_body(stride, pad, depthwise, residuals, dy)
+
+
+def _shifted_conv_bwd_body(stride, pad, depthwise, residuals, dy):
     x, w27, dilation = residuals
     xp = _pad_same(x, pad)
     out = dy.shape[1:4]
@@ -360,6 +402,7 @@ def _divide_by_window_counts(total: Volume, shape: tuple[int, ...], stride: int)
     return total
 
 
+@jax.named_scope("max_pool")
 def max_pool3(x: Volume, *, stride: int = 1, impl: str = "fast") -> Volume:
     """3x3x3 max pool, padding 1 (padded voxels never win).
 
@@ -371,6 +414,7 @@ def max_pool3(x: Volume, *, stride: int = 1, impl: str = "fast") -> Volume:
     return _pool_separable(x, stride, jnp.maximum, -jnp.inf)
 
 
+@jax.named_scope("avg_pool")
 def avg_pool3(x: Volume, *, stride: int = 1, impl: str = "fast") -> Volume:
     """3x3x3 average pool over the voxels inside the volume (count_include_pad=False)."""
     _check_impl(impl)
@@ -395,6 +439,7 @@ def _upsample_axis(x: Volume, axis: int) -> Volume:
     return y.reshape(*x.shape[:axis], 2 * n, *x.shape[axis + 1 :])
 
 
+@jax.named_scope("upsample")
 def upsample2(x: Volume, *, impl: str = "fast") -> Volume:
     """Trilinear upsampling by 2: (b, x, y, z, c) -> (b, 2x, 2y, 2z, c).
 
