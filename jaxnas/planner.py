@@ -113,7 +113,8 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu") -> dict:
         "the derived network keeps the search's Theta and trains on every training case "
         "(Theta and alpha halves); " + (
             f"under {SHORT_BUDGET_MINUTES} min most of the time goes to it: on the spatial "
-            "demo (9 min, 2 CPU cores) 0.7 scored 0.890 mean fg against 0.840 with 0.4, as "
+            "demo (9 min, 2 CPU cores) 0.7 scored 0.85-0.89 mean fg in two runs against "
+            "0.840 with 0.4, as "
             "a supernet step costs ~2x a derived step per voxel and alpha barely moves in "
             "a few hundred iterations" if short else "long enough for the search to move alpha"))
     out["augment"] = (True, "intensity scale/shift, gamma and noise per patch; no flips "
