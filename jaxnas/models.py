@@ -38,7 +38,8 @@ class Model(NamedTuple):
 
 
 def describe(architecture: str, *, in_channels: int, num_classes: int, width: int,
-             seed: int = 0, stem_stride: int = 1, node_scale: float = 0.25) -> dict:
+             seed: int = 0, stem_stride: int = 1,
+             node_scale: float = network.DEFAULT_NODE_SCALE) -> dict:
     """The model description of `--architecture`: "uresnet", "random", "random:SEED" or a
     genotype.json path (found on this task, or on another one: architecture transfer)."""
     common = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
@@ -50,7 +51,8 @@ def describe(architecture: str, *, in_channels: int, num_classes: int, width: in
                 "genotype": genotype_lib.random_genotype(random_seed),
                 "stem_stride": stem_stride, "node_scale": node_scale, **common}
     genotype = genotype_lib.load_genotype(architecture)  # ValueError names the file.
-    extra = {"stem_stride": stem_stride, "node_scale": node_scale} if genotype_lib.space_of(genotype) == "scnas" else {}
+    scnas = genotype_lib.space_of(genotype) == "scnas"
+    extra = {"stem_stride": stem_stride, "node_scale": node_scale} if scnas else {}
     return {"kind": "genotype", "source": architecture, "genotype": genotype, **extra, **common}
 
 

@@ -22,7 +22,8 @@ class RangesTest(parameterized.TestCase):
     @parameterized.parameters(
         ("lr_w", -1.0), ("lr_w", 0.0), ("lr_a", -0.1), ("tau_rate", -0.5), ("tau_min", 0.0),
         ("tau_min", 2.0), ("ce_weight", -1.0), ("plateau_patience", -1), ("log_every", 0),
-        ("betas_w", (0.9, 1.0)), ("betas_w", (-0.1, 0.9)), ("betas_a", (0.5, 1.5)))
+        ("betas_w", (0.9, 1.0)), ("betas_w", (-0.1, 0.9)), ("betas_a", (0.5, 1.5)),
+        ("node_scale", 0.0), ("node_scale", 0.3))
     def test_out_of_range_is_refused_naming_the_flag(self, name, value):
         with self.assertRaisesRegex(ValueError, f"--{name} "):
             config_lib.validate(_with(**{name: value}))

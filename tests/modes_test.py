@@ -64,6 +64,13 @@ class ModelsTest(absltest.TestCase):
                                          width=8)))
         self.assertLess(fixed, supernet / 3)
 
+    def test_node_scale_reaches_the_derived_network(self):
+        kw = dict(in_channels=1, num_classes=3, width=8, stem_stride=2)
+        costs = [models.build(models.describe("random:1", node_scale=ns, **kw)).cost((32,) * 3)
+                 for ns in (0.25, 0.5)]
+        self.assertGreater(costs[1]["params"], 2 * costs[0]["params"])  # ~4x: c^2 terms
+        self.assertGreater(costs[1]["gflops"], 2 * costs[0]["gflops"])
+
     def test_validate_architecture(self):
         config = _config("task", "", "no/such/genotype.json")
         with self.assertRaisesRegex(ValueError, "no such genotype file"):
