@@ -188,9 +188,6 @@ def validate(config: Config) -> None:
         raise ValueError("--num_candidates, --num_topologies, --num_groups, --num_children "
                          "and --num_val_patches must be >= 1")
     searching = config.mode in ("search", "evaluate") and not config.architecture
-    if searching and s.strategy in ("scnas", "gdas", "darts", "random") and s.width % 4:
-        raise ValueError(f"--width must be divisible by 4 for --strategy={s.strategy} (SCNAS "
-                         f"cell nodes are width / 4 channels), got {s.width}")
     if not 0.0 < s.coarse_fraction < 1.0:
         raise ValueError(f"--coarse_fraction must be in (0, 1), got {s.coarse_fraction}")
     if s.impl not in ("auto", "fast", "xla"):
@@ -206,9 +203,16 @@ def validate(config: Config) -> None:
     # A genotype file is read here: bad content stops the run before any data work.
     space = "scnas" if a.startswith("random") else (
         _genotype_space(a) if a and a != "uresnet" else None)
-    if space == "scnas" and s.width % 4:
-        raise ValueError(f"--width must be divisible by 4 for an SCNAS genotype (cell nodes "
-                         f"are width / 4 channels), got {s.width}")
+    scnas_cells = space == "scnas" or (
+        searching and s.strategy in ("scnas", "gdas", "darts", "random"))
+    node = s.width * s.node_scale
+    if not s.node_scale > 0:
+        raise ValueError(f"--node_scale must be > 0, got {s.node_scale}")
+    if scnas_cells and not (node >= 1 and node == int(node)):
+        # Only SCNAS cells have nodes; ronasmis, c2fnas and uresnet ignore --node_scale.
+        raise ValueError(f"--width times --node_scale must be a whole number of SCNAS cell "
+                         f"node channels (with node_scale 0.25: width divisible by 4), "
+                         f"got {s.width} x {s.node_scale} = {node:g}")
     if a.startswith("random:") and not a[len("random:"):].isdigit():
         raise ValueError(f"--architecture={a}: the seed after random: must be an integer")
     if s.mesh and searching and s.strategy in ("random", "ronasmis", "c2fnas"):
@@ -251,10 +255,6 @@ def _check_ranges(config: Config) -> None:
             raise ValueError(f"--{name} must be in [0, 1), got {value}")
     if s.stem_stride not in (1, 2):
         raise ValueError(f"--stem_stride must be 1 or 2, got {s.stem_stride}")
-    node = s.width * s.node_scale
-    if not (s.node_scale > 0 and node >= 1 and node == int(node)):
-        raise ValueError(f"--node_scale times --width must be a whole number of channels, "
-                         f"got {s.node_scale} x {s.width} = {node:g}")
     divisor = 8 * s.stem_stride
     if config.mode != "prepare" and any(p % divisor for p in d.patch_size):
         raise ValueError(f"--patch_size must be divisible by {divisor} (3 poolings"

@@ -5,6 +5,10 @@ plateau rule, the NaN guard before every log line and checkpoint, log lines with
 and ETA, TensorBoard scalars, and orbax checkpoints at epoch ends. A phase supplies
 `step_fn(state, step) -> (state, metrics)`: it draws its batches as a pure function of
 (seed, step) and calls its jitted steps, so a resumed run replays exactly the same steps.
+
+A planned phase can also pass a `Resize`: its length is then re-set once from its own
+first steps (host batch building included), which a few timed calls after the compile
+over-estimated by 20-30% (WORKSPACE.md).
 """
 
 import dataclasses
@@ -34,9 +38,30 @@ class Schedule:
         return max(1, round(self.ckpt_every / self.steps_per_epoch)) * self.steps_per_epoch
 
 
+@dataclasses.dataclass(frozen=True)
+class Resize:
+    """Re-sets a planned phase's length once, after `at_step` steps of a fresh run.
+
+    The new length is what fits before end_fn(seconds_per_step) (a time.time() value) at
+    the rate of steps 2..at_step; resize_fn(state, num_steps) -> state puts it in the
+    state's horizon and stores it, so a resumed run replays it. The steps before at_step
+    must not depend on the length (they fall inside the fixed lr warm-up); `run` moves
+    at_step to the first checkpoint if that comes earlier.
+    """
+
+    at_step: int
+    end_fn: Callable[[float], float]
+    resize_fn: Callable
+
+
+def resized_steps(done: int, seconds_per_step: float, seconds_left: float) -> int:
+    """The phase length once `done` steps ran: done plus what fits in seconds_left."""
+    return done + max(0, int(seconds_left / max(seconds_per_step, 1e-6)))
+
+
 def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager, writer,
         workdir: str, plateau_fn: Callable | None = None,
-        scalars_fn: Callable | None = None, name: str = "train"):
+        scalars_fn: Callable | None = None, name: str = "train", resize: Resize | None = None):
     """Runs `schedule.num_steps` steps from `state.step` on; returns the final state.
 
     Args:
@@ -45,17 +70,39 @@ def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager,
         training loss the plateau rule and the log line read.
       plateau_fn: jitted (state, epoch_loss) -> (state, reduced), or None.
       scalars_fn: state -> extra TensorBoard scalars at log steps (learning rates, alpha).
+      resize: re-sets num_steps from the measured step rate (a fresh planned phase only).
     """
     start = int(state.step)
     if start:
         logging.info("%s: resumed from checkpoint at step %d", name, start)
     epoch_losses, tick, tick_step = [], time.time(), start
     s = schedule
+    if resize is not None:
+        # Never past the first checkpoint: a resumed run then never has to redo it.
+        resize = dataclasses.replace(resize, at_step=min(resize.at_step, s.ckpt_steps))
+        if start or resize.at_step < 3:
+            resize = None  # Resumed, or too few steps to time two of them.
+    first_done = None
+    step = start
     try:
-        for step in range(start, s.num_steps):
+        while step < s.num_steps:
             state, m = step_fn(state, step)
             epoch_losses.append(m[loss_key])
-            done = step + 1
+            done = step = step + 1
+            if resize is not None and done == start + 1:
+                jax.block_until_ready(state)  # Step 1 may hold one-off costs: time after it.
+                first_done = time.time()
+            if resize is not None and done == resize.at_step:
+                jax.block_until_ready(state)
+                now = time.time()
+                per_step = (now - first_done) / (done - start - 1)
+                num_steps = resized_steps(done, per_step, resize.end_fn(per_step) - now)
+                logging.info("%s: %.3f s per step over steps %d-%d (host batches included): "
+                             "%d steps instead of %d", name, per_step, start + 2, done,
+                             num_steps, s.num_steps)
+                state = resize.resize_fn(state, num_steps)
+                s = dataclasses.replace(s, num_steps=num_steps)
+                resize = None
             if done % s.steps_per_epoch == 0 and plateau_fn is not None:
                 epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
                 state, reduced = plateau_fn(state, epoch_loss)

@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from jaxnas import config as config_lib
+from jaxnas import inference
 
 DIVISOR = 16  # Patch axes divisible by 8 (3 reductions) x 2 (the stride-2 stem).
 # Patch voxel caps per budget minute on a CPU (with the stride-2 stem), from the step
@@ -42,7 +43,10 @@ CPU_SEARCH_VOXELS_PER_MIN = 48**3 / 9
 CPU_TRAIN_VOXELS_PER_MIN = 64**3 / 9
 MAX_VOXELS = {"search": 64**3, "train": 128**3}  # The paper's 128^3 on accelerators.
 SHORT_BUDGET_MINUTES = 60  # Below it, fine-tuning gets most of the training time.
-EVAL_RESERVE = 0.12  # Share of the budget kept for evaluation and the last compile.
+EVAL_RESERVE = 0.12  # Share kept for evaluation when the search's share is set (a guess).
+# The evaluation estimate a fine-tune is sized by, once its step time is measured:
+FORWARD_SHARE = 0.4  # A window's forward pass / a training step's time per patch.
+EVAL_FIXED_SECONDS = 25.0  # Forward compile, pictures, saving (measured in WORKSPACE.md).
 
 
 def fingerprint(shapes, *, spacing, num_classes: int, num_channels: int) -> dict:
@@ -180,6 +184,17 @@ def _json(value):
 def steps_in(seconds: float, step_seconds: float, *, minimum: int = 10) -> int:
     """How many steps of step_seconds fit in seconds (at least `minimum`)."""
     return max(minimum, int(seconds / max(step_seconds, 1e-6)))
+
+
+def eval_seconds(shapes, *, window, overlap: float, mirror: bool, step_seconds: float,
+                 batch_size: int, passes: int = 1) -> float:
+    """Seconds a held-out evaluation of cases of `shapes` takes, from a training step's time.
+
+    passes: how many networks are evaluated (the search also scores its searched Theta).
+    """
+    windows = sum(len(inference.window_starts(tuple(s)[:3], window, overlap)) for s in shapes)
+    per_window = FORWARD_SHARE * step_seconds / batch_size * (8 if mirror else 1)
+    return EVAL_FIXED_SECONDS + passes * windows * per_window
 
 
 def search_horizon(num_steps: int, *, warmup_fraction: float, anneal_fraction: float):

@@ -98,6 +98,25 @@ def budget_steps(workdir: str, phase: str, compute_fn) -> int:
     return int(stored[phase])
 
 
+def store_resized_steps(workdir: str, phase: str, num_steps: int) -> None:
+    """Replaces a phase's planned count by the one its own first steps measured, once."""
+    path = os.path.join(workdir, "budget.json")
+    with open(path) as f:
+        stored = json.load(f)
+    stored[phase] = int(num_steps)
+    stored["resized"] = sorted(set(stored.get("resized", [])) | {phase})
+    fileio.write_json(path, stored)
+
+
+def budget_resized(workdir: str, phase: str) -> bool:
+    """Whether a phase's count was already re-set from its steps (a resume keeps it)."""
+    path = os.path.join(workdir, "budget.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return phase in json.load(f).get("resized", [])
+
+
 def _class_fractions(labels: np.ndarray, num_classes: int) -> list[float]:
     counts = np.bincount(labels.ravel(), minlength=num_classes)
     return (counts / counts.sum()).round(4).tolist()

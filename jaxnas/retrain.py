@@ -44,7 +44,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     logging.info("train %s from scratch, width %d", description["source"], s.width)
     params, num_steps = train.train_fixed(
         config, workdir, model, model.init(init_key), train_cases, writer,
-        start_wall=start_wall, mesh=sharding.mesh_from_spec(s.mesh), phase="train")
+        start_wall=start_wall, mesh=sharding.mesh_from_spec(s.mesh), phase="train",
+        eval_shapes=[c.image.shape for c in held_out])
     train_seconds = time.time() - start_wall
 
     predict_fn = models.probabilities_fn(model, params)

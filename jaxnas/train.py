@@ -214,12 +214,14 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     model = models.build(description, impl=resolve_impl(s.impl), ce_weight=s.ce_weight,
                          dice_background=s.dice_background, batch_dice=s.batch_dice)
     params = fixed_network.compact_from_supernet(state.params, index)
-    searched_params = params
+    searched_params, extra = params, {}
     if s.finetune_fraction > 0:
         # A copy: the fine-tune steps donate (and so delete) the buffers they start from.
         searched_params = jax.tree.map(jnp.copy, params)
-        params = finetune(config, workdir, model, params, theta + alpha, writer,
-                          start_wall=start_wall, mesh=mesh)
+        # Evaluated twice: the fine-tuned network and the searched Theta alone.
+        params, extra["finetune_steps"] = finetune(
+            config, workdir, model, params, theta + alpha, writer, start_wall=start_wall,
+            mesh=mesh, eval_shapes=[c.image.shape for c in held_out], eval_passes=2)
 
     # --- Evaluate, keep the derived network for predict ---
     start_eval = time.time()
@@ -228,7 +230,6 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                                        num_classes=num_classes, config=config,
                                        label_names=label_names,
                                        picture_dir=os.path.join(workdir, "pictures"))
-    extra = {}
     if s.finetune_fraction > 0:
         # The searched Theta alone, as SCNAS would stop: the row next to the fine-tuned one.
         searched = evaluation.evaluate_cases(
@@ -280,18 +281,22 @@ def _planned_schedule(step, horizon, *, tau_min: float, lr_kind: str):
 LR_WARMUP_STEPS = 20  # Fixed (not a share): the first steps never depend on the budget.
 
 
+RESIZE_AT_STEP = 12  # <= LR_WARMUP_STEPS: the steps before it never see the length.
+
+
 def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, writer, *,
-                start_wall: float, mesh, phase: str, seconds=None, patch_size=None):
+                start_wall: float, mesh, phase: str, eval_shapes=(), eval_passes: int = 1):
     """Trains a fixed network from `params`: the fine-tune phase and --mode=train.
 
-    Planned (--budget_minutes): the step count is what fits in `seconds` (default: the
-    budget left), measured once and stored in budget.json under `phase`; the lr warms up
-    and decays over it. Else num_epochs x steps_per_epoch with the plateau rule.
-    Checkpoints in `<workdir>/ckpt` (train) or `<workdir>/ckpt_<phase>`; returns
-    (params, num_steps).
+    Planned (--budget_minutes): the step count is what fits before the budget's end less
+    the evaluation of `eval_shapes` (held-out cases, `eval_passes` networks), first from
+    timed calls, then re-set once from the loop's own first steps (loop.Resize); both are
+    stored in budget.json under `phase`. The lr warms up and decays over it. Else
+    num_epochs x steps_per_epoch with the plateau rule. Checkpoints in `<workdir>/ckpt`
+    (train) or `<workdir>/ckpt_<phase>`; returns (params, num_steps).
     """
     s = config.search
-    patch = patch_size or config.data.patch_size
+    patch = config.data.patch_size
     steps_per_epoch = s.steps_per_epoch or max(1, len(cases) // config.data.batch_size)
     tx = fit.make_optimizer(s.lr_w, s.betas_w)
     planned = s.budget_minutes > 0
@@ -306,17 +311,31 @@ def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, w
     def batch(step):
         return put(step_batch(cases, config, step, stream, patch))
 
+    resize = None
     if planned:
+        def end_time(seconds_per_step):
+            """time.time() by which training must end: the budget less the evaluation."""
+            return start_wall + 60.0 * s.budget_minutes - planner.eval_seconds(
+                eval_shapes, window=patch, overlap=config.eval.overlap,
+                mirror=config.eval.mirror, step_seconds=seconds_per_step,
+                batch_size=config.data.batch_size, passes=eval_passes)
+
         def measure():
             probe = put_state(fit.init_state(params, tx))
             b = batch(0)
             seconds_per_step = time_steps(lambda st: step_fn(st, b)[0], probe)
-            left = seconds if seconds is not None else training_seconds_left(config,
-                                                                             start_wall)
+            left = end_time(seconds_per_step) - time.time()
             logging.info("%s step %.3f s; %.0f s left for it", phase, seconds_per_step, left)
             return planner.steps_in(left, seconds_per_step)
 
-        num_steps = prepare.budget_steps(workdir, f"{phase}_steps", measure)
+        key = f"{phase}_steps"
+        num_steps = prepare.budget_steps(workdir, key, measure)
+        if not prepare.budget_resized(workdir, key):
+            def resize_fn(state, n):
+                prepare.store_resized_steps(workdir, key, n)
+                return put_state(state.replace(horizon=jnp.asarray((0, 0, n), jnp.int32)))
+
+            resize = loop.Resize(at_step=RESIZE_AT_STEP, end_fn=end_time, resize_fn=resize_fn)
     else:
         num_steps = s.num_epochs * steps_per_epoch
     plateau_fn = None
@@ -333,11 +352,15 @@ def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, w
                      step_fn=lambda st, step: step_fn(st, batch(step)), loss_key="train/loss",
                      manager=manager, writer=writer, workdir=workdir, plateau_fn=plateau_fn,
                      scalars_fn=lambda st: {"train/lr": search.learning_rate(st.opt)},
-                     name=phase)
-    return state.params, num_steps
+                     name=phase, resize=resize)
+    return state.params, int(state.step)
 
 
-def finetune(config, workdir, model, params, cases, writer, *, start_wall, mesh):
-    """SCNAS's third phase: the derived network, Theta kept, on every training case."""
+def finetune(config, workdir, model, params, cases, writer, *, start_wall, mesh,
+             eval_shapes=(), eval_passes=1):
+    """SCNAS's third phase: the derived network, Theta kept, on every training case.
+
+    Returns (params, num_steps)."""
     return train_fixed(config, workdir, model, params, cases, writer, start_wall=start_wall,
-                       mesh=mesh, phase="finetune")[0]
+                       mesh=mesh, phase="finetune", eval_shapes=eval_shapes,
+                       eval_passes=eval_passes)

@@ -28,6 +28,13 @@ class RangesTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, f"--{name} "):
             config_lib.validate(_with(**{name: value}))
 
+    def test_node_scale_only_binds_spaces_with_scnas_cells(self):
+        # ronasmis and c2fnas have no SCNAS nodes: width 2 (CI's tiny CLI runs) is valid.
+        for strategy in ("ronasmis", "c2fnas"):
+            config_lib.validate(_with(strategy=strategy, width=2))
+        with self.assertRaisesRegex(ValueError, "divisible by 4"):
+            config_lib.validate(_with(strategy="scnas", width=2))
+
     def test_data_ranges(self):
         config = _with()
         for field, value, flag in (("alpha_fraction", 1.0, "alpha_fraction"),

@@ -76,6 +76,17 @@ class PlanTest(absltest.TestCase):
         self.assertEqual(planner.search_horizon(100, warmup_fraction=0.15, anneal_fraction=0.6),
                          (15, 66, 100))
 
+    def test_eval_estimate_counts_windows_passes_and_flips(self):
+        kw = dict(window=(32, 32, 32), overlap=0.5, step_seconds=1.0, batch_size=2)
+        fixed = planner.EVAL_FIXED_SECONDS
+        one = planner.eval_seconds([(32, 32, 32)], mirror=False, **kw) - fixed
+        self.assertAlmostEqual(one, planner.FORWARD_SHARE / 2)
+        # 48 voxels with 32-voxel windows at half overlap: 2 starts per axis.
+        eight = planner.eval_seconds([(48, 48, 48, 1)], mirror=False, **kw) - fixed
+        self.assertAlmostEqual(eight, 8 * one)
+        both = planner.eval_seconds([(32, 32, 32)] * 3, mirror=True, passes=2, **kw) - fixed
+        self.assertAlmostEqual(both, 3 * 2 * 8 * one)
+
 
 class SchedulesTest(absltest.TestCase):
 

@@ -1,0 +1,87 @@
+"""loop.run: a planned phase re-sized once from its own measured steps (loop.Resize)."""
+
+import time
+
+import flax
+import jax.numpy as jnp
+from absl.testing import absltest
+from jaxtyping import Array, Int
+
+from jaxnas import checkpoints
+from jaxnas import loop
+from jaxnas import writer as writer_lib
+
+STEP_SECONDS = 0.02
+
+
+@flax.struct.dataclass
+class _State:
+    step: Int[Array, ""]
+    horizon: Int[Array, ""]
+
+
+def _step(state, step):
+    time.sleep(STEP_SECONDS)
+    return state.replace(step=state.step + 1), {"loss": jnp.float32(1.0 / (step + 1))}
+
+
+class ResizeTest(absltest.TestCase):
+
+    def _run(self, state, num_steps, resize, ckpt_every=100):
+        workdir = self.create_tempdir().full_path
+        manager = checkpoints.make_manager(workdir)
+        writer = writer_lib.MetricWriter(workdir)
+        try:
+            return loop.run(state, schedule=loop.Schedule(num_steps, 4, 100, ckpt_every),
+                            step_fn=_step, loss_key="loss", manager=manager, writer=writer,
+                            workdir=workdir, resize=resize)
+        finally:
+            writer.close()
+
+    def _resize(self, at_step, seconds_left, calls):
+        def end_fn(per_step):
+            calls.append(("end", per_step))
+            return time.time() + seconds_left
+
+        def resize_fn(state, n):
+            calls.append(("resize", n))
+            return state.replace(horizon=jnp.int32(n))
+
+        return loop.Resize(at_step=at_step, end_fn=end_fn, resize_fn=resize_fn)
+
+    def test_length_follows_the_measured_rate(self):
+        calls = []
+        state = self._run(_State(jnp.int32(0), jnp.int32(200)), 200,
+                          self._resize(6, 20 * STEP_SECONDS, calls))
+        (_, per_step), (_, n) = calls
+        # Steps 2..6 timed (sleep plus overhead); 20 steps' time left after step 6.
+        self.assertBetween(per_step, STEP_SECONDS, 3 * STEP_SECONDS)
+        self.assertBetween(n, 6 + 5, 6 + 20)
+        self.assertEqual(int(state.step), n)
+        self.assertEqual(int(state.horizon), n)
+
+    def test_grows_a_phase_the_timed_calls_made_too_short(self):
+        calls = []
+        state = self._run(_State(jnp.int32(0), jnp.int32(8)), 8,
+                          self._resize(6, 10 * STEP_SECONDS, calls))
+        self.assertGreater(int(state.step), 8)
+        self.assertEqual(int(state.step), calls[-1][1])
+
+    def test_moves_to_the_first_checkpoint_and_skips_a_resume(self):
+        calls = []
+        self._run(_State(jnp.int32(0), jnp.int32(40)), 40, self._resize(12, 0.0, calls),
+                  ckpt_every=4)
+        self.assertEqual(calls[-1], ("resize", 4))  # At the checkpoint, nothing left: stop.
+        calls = []
+        state = self._run(_State(jnp.int32(4), jnp.int32(10)), 10,
+                          self._resize(12, 0.0, calls), ckpt_every=4)
+        self.assertEqual(calls, [])
+        self.assertEqual(int(state.step), 10)
+
+    def test_resized_steps(self):
+        self.assertEqual(loop.resized_steps(12, 0.5, 10.0), 32)
+        self.assertEqual(loop.resized_steps(12, 0.5, -3.0), 12)
+
+
+if __name__ == "__main__":
+    absltest.main()
