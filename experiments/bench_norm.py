@@ -18,7 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import profile_step  # noqa: E402
-from jaxnas import ops  # noqa: E402
+from jaxnas.nn import ops  # noqa: E402
 
 
 def autodiff_norm(params, x):

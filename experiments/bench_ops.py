@@ -21,9 +21,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxnas import network  # noqa: E402
-from jaxnas import ops  # noqa: E402
-from jaxnas import space  # noqa: E402
+from jaxnas.nn import ops  # noqa: E402
+from jaxnas.spaces.scnas import network  # noqa: E402
+from jaxnas.spaces.scnas import space  # noqa: E402
 
 
 def _time(fn, args, reps):

@@ -8,8 +8,8 @@ run one after the other (ours, then MONAI's), never at the same time. torch gets
 threads as JAX's XLA:CPU pool (the schedulable cores).
 
 1. search: one bi-level iteration, mean over --repeats after a warm-up. Ours:
-   search.make_steps (weights_step then arch_step with the same key, each jitted and
-   donating the state, as in train.py), dice + CE loss, at --size^3, batch 1, 1 channel
+   bilevel.make_steps (weights_step then arch_step with the same key, each jitted and
+   donating the state, as in modes/bilevel.py), dice + CE loss, at --size^3, batch 1, 1 channel
    in, 3 classes, width --width. MONAI: TopologySearch + DiNTS as in MONAI's DiNTS
    tutorial (a weights step, then an architecture step whose loss adds both alpha
    entropies, the RAM-cost loss and 0.001 * topology entropy), float32. By default DiNTS
@@ -166,19 +166,21 @@ def bench_ours_search(args, impl):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxnas import losses, network, search
+    from jaxnas.nn import losses
+    from jaxnas.search import bilevel
+    from jaxnas.spaces.scnas import network
 
     params = network.init_network(jax.random.key(0), in_channels=1, num_classes=NUM_CLASSES,
                                   width=args.width)
     num_params = network.num_params(params)
     print(f"ours: SCNAS supernet width {args.width}: {num_params} params", flush=True)
-    tx_w, tx_a = search.make_optimizers()
+    tx_w, tx_a = bilevel.make_optimizers()
     loss_fn = functools.partial(losses.dice_ce, num_classes=NUM_CLASSES, ce_weight=1.0)
-    step_w, step_a = search.make_steps(
+    step_w, step_a = bilevel.make_steps(
         apply_fn=functools.partial(network.apply_network, impl=impl), loss_fn=loss_fn,
-        tx_w=tx_w, tx_a=tx_a, tau_fn=search.make_tau_fn(1))
+        tx_w=tx_w, tx_a=tx_a, tau_fn=bilevel.make_tau_fn(1))
     step_w, step_a = jax.jit(step_w, donate_argnums=0), jax.jit(step_a, donate_argnums=0)
-    state = search.init_state(params, search.init_arch(jax.random.key(1), scale=1.0), tx_w, tx_a)
+    state = bilevel.init_state(params, bilevel.init_arch(jax.random.key(1), scale=1.0), tx_w, tx_a)
     shape = (args.batch,) + (args.size,) * 3
     rng = np.random.default_rng(0)
     batch_w, batch_a = [
@@ -211,8 +213,9 @@ def bench_ours_sliding(args, impl):
     import jax
     import numpy as np
 
-    from jaxnas import inference, ops
+    from jaxnas import inference
     from jaxnas.baselines import uresnet
+    from jaxnas.nn import ops
 
     params = uresnet.init_uresnet(jax.random.key(0), in_channels=1, num_classes=NUM_CLASSES,
                                   width=args.width)
@@ -287,9 +290,9 @@ def main():
 
     import jax
 
-    from jaxnas import train
+    from jaxnas import phases
 
-    impl = train.resolve_impl(args.impl)
+    impl = phases.resolve_impl(args.impl)
     threads = CORES
     print(f"jax {jax.__version__} backend {jax.default_backend()} impl {impl}; torch "
           f"{versions['torch']} (cuda {versions['cuda']}) monai {versions['monai']} python "

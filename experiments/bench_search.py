@@ -3,8 +3,8 @@
 Network part (default): times a full bi-level iteration (Theta step + alpha step, forward
 and backward) of the 12-cell supernet and reads XLA's temp memory from
 `compiled.memory_analysis()`, every method in one run on the same inputs; also the
-compile time of each iteration. SCNAS = `search.sample_edges` (Algorithm 2), GDAS =
-`search.sample_edges_gdas` (straight-through hard Gumbel, the argmax op plus the free zero
+compile time of each iteration. SCNAS = `bilevel.sample_edges` (Algorithm 2), GDAS =
+`bilevel.sample_edges_gdas` (straight-through hard Gumbel, the argmax op plus the free zero
 op on the same switch code), DARTS = softmax(alpha) over all 8 ops
 (`network.apply_network_dense`).
 
@@ -44,13 +44,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxnas import cells  # noqa: E402
-from jaxnas import losses  # noqa: E402
-from jaxnas import network  # noqa: E402
-from jaxnas import ops  # noqa: E402
-from jaxnas import search  # noqa: E402
-from jaxnas import space  # noqa: E402
-from jaxnas import train  # noqa: E402
+from jaxnas import phases  # noqa: E402
+from jaxnas.nn import losses  # noqa: E402
+from jaxnas.nn import ops  # noqa: E402
+from jaxnas.search import bilevel  # noqa: E402
+from jaxnas.spaces.scnas import cells  # noqa: E402
+from jaxnas.spaces.scnas import network  # noqa: E402
+from jaxnas.spaces.scnas import space  # noqa: E402
 
 METHODS = ("scnas", "darts", "gdas")
 
@@ -60,7 +60,7 @@ def _darts_weights(key, arch, tau):
     return jax.nn.softmax(arch, axis=-1)  # DARTS: every op, softmax(alpha) weights.
 
 
-SAMPLERS = {"scnas": search.sample_edges, "gdas": search.sample_edges_gdas,
+SAMPLERS = {"scnas": bilevel.sample_edges, "gdas": bilevel.sample_edges_gdas,
             "darts": _darts_weights}
 
 
@@ -108,12 +108,12 @@ def bench_network(args, impl, methods):
     shape = (args.batch, args.size, args.size, args.size)
     key = jax.random.key(0)
     params = network.init_network(key, in_channels=1, num_classes=3, width=args.width)
-    arch = search.init_arch(jax.random.key(1), scale=1.0)
+    arch = bilevel.init_arch(jax.random.key(1), scale=1.0)
     rng = np.random.default_rng(0)
     batches = [{"image": jnp.asarray(rng.normal(size=shape + (1,)), jnp.float32),
                 "label": jnp.asarray(rng.integers(0, 3, size=shape), jnp.int32)}
                for _ in range(2)]
-    tx_w, tx_a = search.make_optimizers(lr_w=1e-3, betas_w=(0.9, 0.999))
+    tx_w, tx_a = bilevel.make_optimizers(lr_w=1e-3, betas_w=(0.9, 0.999))
     loss_fn = functools.partial(losses.dice_ce, num_classes=3)
     inputs = (params, arch, tx_w.init(params), tx_a.init(arch), *batches, key)
     results = {}
@@ -302,7 +302,7 @@ def bench_growth(args, impl, methods):
     batches = [{"image": jnp.asarray(rng.normal(size=shape + (2 * c,)), jnp.float32),
                 "label": jnp.asarray(rng.normal(size=grid + (4 * c,)), jnp.float32)}
                for _ in range(2)]
-    tx_w, tx_a = search.make_optimizers(lr_w=1e-3, betas_w=(0.9, 0.999))
+    tx_w, tx_a = bilevel.make_optimizers(lr_w=1e-3, betas_w=(0.9, 0.999))
     key = jax.random.key(0)
     results = {}
     names = op_names(16)
@@ -317,7 +317,7 @@ def bench_growth(args, impl, methods):
         arch = jax.random.normal(jax.random.key(1), (space.NUM_EDGES, num_ops), jnp.float32)
         sample = SAMPLERS[base]
         if method == "scnas_d8":  # draws among the first 8 ops only
-            sample = lambda k, a, t: search.sample_edges(k, a[..., :8], t)  # noqa: E731
+            sample = lambda k, a, t: bilevel.sample_edges(k, a[..., :8], t)  # noqa: E731
         apply = functools.partial(growth_apply, method=base, cell_type=args.cell, impl=impl,
                                   num_ops=num_ops)
         iteration = make_iteration(apply, sample, tx_w, tx_a, _mse)
@@ -393,7 +393,7 @@ def main():
     bad = set(methods) - set(METHODS)
     if bad or not methods:
         parser.error(f"--methods: unknown {sorted(bad)}; choose from {METHODS}")
-    impl = train.resolve_impl(args.impl)
+    impl = phases.resolve_impl(args.impl)
     print(f"jax {jax.__version__} backend {jax.default_backend()} devices {jax.devices()} "
           f"impl {impl} patch {args.size}^3 batch {args.batch} width {args.width} "
           f"methods {','.join(methods)}", flush=True)

@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxnas import crossval  # noqa: E402
+from jaxnas.modes import evaluate as evaluate_mode  # noqa: E402
 
 
 STRATEGY_NAMES = {"gdas": "GDAS", "darts": "DARTS (first order)", "random": "random",
@@ -63,7 +63,7 @@ def _retrained(flagfile: str, out: str, num_folds: int) -> dict:
                f"--architecture={genotype}", f"--workdir={workdir}",
                f"--splits_file={os.path.join(out, 'scnas', 'splits.json')}"])
         summaries.append(_load(os.path.join(workdir, "summary.json")))
-    result = crossval.aggregate(summaries)
+    result = evaluate_mode.aggregate(summaries)
     derived = [s["derived"] for s in summaries]
     result["derived"] = {k: sum(d[k] for d in derived) / len(derived)
                          for k in ("params", "gflops")}
@@ -106,8 +106,8 @@ def main() -> None:
         rows.append((f"{STRATEGY_NAMES.get(strategy, strategy)} search",
                      _load(f"{workdir}/summary.json")))
     labels = rows[0][1]["labels"]
-    table = "\n".join([crossval.markdown_header(labels),
-                       *(crossval.markdown_row(name, r) for name, r in rows)])
+    table = "\n".join([evaluate_mode.markdown_header(labels),
+                       *(evaluate_mode.markdown_row(name, r) for name, r in rows)])
     with open(os.path.join(out, "compare.md"), "w") as f:
         f.write(table + "\n")
     print(table)

@@ -32,11 +32,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxnas import genotype as genotype_lib  # noqa: E402
-from jaxnas import losses  # noqa: E402
 from jaxnas import models  # noqa: E402
-from jaxnas import network  # noqa: E402
-from jaxnas import search  # noqa: E402
+from jaxnas.nn import losses  # noqa: E402
+from jaxnas.search import bilevel  # noqa: E402
+from jaxnas.spaces import genotype as genotype_lib  # noqa: E402
+from jaxnas.spaces.scnas import network  # noqa: E402
 
 SCOPES = ("depthwise_taps_bwd", "conv_taps_bwd", "instance_norm_bwd", "depthwise_taps", "conv_taps",
           "instance_norm", "pointwise_conv", "factorized_reduce", "max_pool", "avg_pool",
@@ -61,11 +61,11 @@ def search_step(args):
     """One SCNAS bi-level iteration (Theta step, then alpha step) of the stride-2 supernet."""
     params = network.init_network(jax.random.key(0), in_channels=1, num_classes=args.classes,
                                   width=args.width, stem_stride=2)
-    arch = search.init_arch(jax.random.key(1))
+    arch = bilevel.init_arch(jax.random.key(1))
     tx_w, tx_a = optax.adam(1e-2), optax.adam(3e-2)
 
     def loss(p, a, b, key):
-        logits = network.apply_network(p, b["image"], search.sample_edges(key, a, 0.5),
+        logits = network.apply_network(p, b["image"], bilevel.sample_edges(key, a, 0.5),
                                        impl="fast")
         return _loss(logits, b["label"], args.classes)
 
@@ -89,7 +89,8 @@ def derived_step(args):
                            width=args.width, stem_stride=2)
     if args.genotype:
         desc["genotype"] = genotype_lib.load_genotype(args.genotype)
-    model = models.build(desc, ce_weight=1.0, dice_background=False, batch_dice=True)
+    model = models.build(desc, impl=getattr(args, "impl", "fast"), ce_weight=1.0,
+                         dice_background=False, batch_dice=True)
     params = model.init(jax.random.key(0))
     tx = optax.adam(1e-2)
 

@@ -35,7 +35,7 @@ class SearchConfig:
     width: int = 32  # Stem channels (SCNAS: 32); cell widths grow from it.
     # SCNAS space: scnas (2 ops per edge), gdas (1 op), darts (all 8 ops), random (train
     # num_candidates genotypes briefly, keep the best); ronasmis (RL controller, macro
-    # U-Net space); c2fnas (topology, then ops). jaxnas/strategies/ says what each runs.
+    # U-Net space); c2fnas (topology, then ops). jaxnas/modes/search.py says what each runs.
     strategy: str = "scnas"
     impl: str = "auto"  # Op forms: "fast" (CPU), "xla" (GPU/cuDNN), "auto" by backend.
     num_epochs: int = 400  # SCNAS.
@@ -160,7 +160,7 @@ def tiny() -> Config:
 
 def _genotype_space(path: str) -> str:
     """The `space` of a genotype file; ValueError naming the file if it cannot be read."""
-    from jaxnas import genotype  # numpy only; imported here like sharding below.
+    from jaxnas.spaces import genotype  # numpy only; imported here like sharding below.
 
     return genotype.space_of(genotype.load_genotype(path))
 
@@ -203,7 +203,9 @@ def validate(config: Config) -> None:
     # A genotype file is read here: bad content stops the run before any data work.
     space = "scnas" if a.startswith("random") else (
         _genotype_space(a) if a and a != "uresnet" else None)
-    scnas_cells = space == "scnas" or (
+    from jaxnas.spaces import registry  # Plain Python, like the genotype read above.
+
+    scnas_cells = (space is not None and registry.get(space).has_cells) or (
         searching and s.strategy in ("scnas", "gdas", "darts", "random"))
     node = s.width * s.node_scale
     if not s.node_scale > 0:

@@ -10,10 +10,10 @@ import numpy as np
 from matplotlib import image as mpimg
 
 from jaxnas import config as config_lib
-from jaxnas import fileio
 from jaxnas import inference
 from jaxnas import metrics as metrics_lib
-from jaxnas import pictures
+from jaxnas.io import fileio
+from jaxnas.io import pictures
 
 
 class RunError(RuntimeError):

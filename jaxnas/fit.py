@@ -1,7 +1,7 @@
 """Training a fixed architecture: one optax chain, pure steps (the search's single-level twin).
 
 `TrainState` is one pytree of arrays, saved by orbax as is. The plateau rule and the
-injected learning rate are the search's (search.py), so a fixed network trains under the
+injected learning rate are the search's (search/bilevel.py), so a fixed network trains under the
 same optimiser settings as the supernet it is compared with.
 """
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Int
 
-from jaxnas import search
+from jaxnas.search import bilevel
 
 
 @flax.struct.dataclass
@@ -19,19 +19,19 @@ class TrainState:
     step: Int[Array, ""]
     params: dict
     opt: optax.OptState
-    plateau: search.PlateauState
+    plateau: bilevel.PlateauState
     horizon: Int[Array, "3"]  # (0, 0, total steps) of a planned phase (schedules.py).
 
 
 def make_optimizer(lr: float, betas: tuple[float, float]) -> optax.GradientTransformation:
     """Adam with an injected learning rate (the search's Theta chain)."""
-    tx_w, _ = search.make_optimizers(lr_w=lr, betas_w=betas)
+    tx_w, _ = bilevel.make_optimizers(lr_w=lr, betas_w=betas)
     return tx_w
 
 
 def init_state(params: dict, tx: optax.GradientTransformation, horizon=(0, 0, 0)) -> TrainState:
     return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt=tx.init(params),
-                      plateau=search.init_plateau(), horizon=jnp.asarray(horizon, jnp.int32))
+                      plateau=bilevel.init_plateau(), horizon=jnp.asarray(horizon, jnp.int32))
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn, tx,
@@ -43,7 +43,7 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx,
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
     updates, opt = tx.update(grads, state.opt, state.params)
     factor = jnp.float32(1.0) if lr_fn is None else lr_fn(state.step, state.horizon)
-    params = optax.apply_updates(state.params, search.scaled(updates, factor))
+    params = optax.apply_updates(state.params, bilevel.scaled(updates, factor))
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
                "train/lr_factor": factor}
     return state.replace(step=state.step + 1, params=params, opt=opt), metrics
@@ -51,6 +51,6 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx,
 
 def plateau_step(state: TrainState, epoch_loss, *, patience: int, factor: float = 0.1):
     """End of epoch: lr *= factor once more than `patience` epochs in a row did not improve."""
-    plateau, reduce = search.plateau_update(state.plateau, epoch_loss, patience=patience)
-    opt = search.scale_learning_rate(state.opt, jnp.where(reduce, factor, 1.0))
+    plateau, reduce = bilevel.plateau_update(state.plateau, epoch_loss, patience=patience)
+    opt = bilevel.scale_learning_rate(state.opt, jnp.where(reduce, factor, 1.0))
     return state.replace(opt=opt, plateau=plateau), reduce

@@ -19,9 +19,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxnas import checkpoints
 from jaxnas import evaluation
-from jaxnas import writer as writer_lib
+from jaxnas.io import checkpoints
+from jaxnas.io import writer as writer_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ from absl import flags
 from absl import logging
 
 from jaxnas import config as config_lib
-from jaxnas import workdir as workdir_lib
 from jaxnas.data import msd
+from jaxnas.io import workdir as workdir_lib
 
 _D = config_lib.DataConfig
 _C = config_lib.Config
@@ -158,15 +158,15 @@ def _fail(message: str) -> None:
 
 def _predict(workdir: str, impl: str) -> None:
     """predict mode: the work dir's model over --input, label NIfTI files into --output."""
-    from jaxnas import artifacts
     from jaxnas import models
-    from jaxnas import predict
-    from jaxnas import train
+    from jaxnas import phases
+    from jaxnas.io import artifacts
+    from jaxnas.modes import predict
 
     if not _INPUT.value or not _OUTPUT.value:
         raise ValueError("--mode=predict needs --input (NIfTI file or folder) and --output")
     try:
-        model, params, plan, description = artifacts.load(workdir, impl=train.resolve_impl(impl))
+        model, params, plan, description = artifacts.load(workdir, impl=phases.resolve_impl(impl))
     except FileNotFoundError as e:
         raise msd.DataError(str(e)) from None
     # Sliding-window flags given on this command line override the run's plan.json.
@@ -181,7 +181,7 @@ def _predict(workdir: str, impl: str) -> None:
         predict_fn, _INPUT.value, _OUTPUT.value, plan, save_probabilities=_SAVE_PROBS.value,
         overwrite=_OVERWRITE.value, label_path=_LABELS.value or None)
     from jaxnas import evaluation
-    from jaxnas import writer as writer_lib
+    from jaxnas.io import writer as writer_lib
 
     writer = writer_lib.MetricWriter(_OUTPUT.value)  # The pictures, for TensorBoard too.
     evaluation.pictures_to_tensorboard(writer, 0, _OUTPUT.value)
@@ -234,17 +234,17 @@ def main(argv):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=1)
     _use_jit_cache()
-    from jaxnas import crossval
-    from jaxnas import prepare
-    from jaxnas import retrain
-    from jaxnas import strategies
-    from jaxnas import train
+    from jaxnas import evaluation
+    from jaxnas.modes import evaluate as evaluate_mode
+    from jaxnas.modes import prepare
+    from jaxnas.modes import search as search_mode
+    from jaxnas.modes import train as train_mode
 
-    run = {"prepare": prepare.run, "search": strategies.run,
-           "train": retrain.train_and_evaluate, "evaluate": crossval.cross_validate}
+    run = {"prepare": prepare.run, "search": search_mode.run,
+           "train": train_mode.train_and_evaluate, "evaluate": evaluate_mode.cross_validate}
     try:
         run[config.mode](config, workdir)
-    except (msd.DataError, train.RunError) as e:
+    except (msd.DataError, evaluation.RunError) as e:
         _fail(str(e))
     logging.info("done: outputs in %s", os.path.abspath(workdir))
 

@@ -18,14 +18,15 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-from jaxnas import c2fnas
-from jaxnas import cost
-from jaxnas import fixed_network
-from jaxnas import genotype as genotype_lib
-from jaxnas import losses
-from jaxnas import network
-from jaxnas import ronasmis
 from jaxnas.baselines import uresnet
+from jaxnas.nn import losses
+from jaxnas.spaces import c2fnas
+from jaxnas.spaces import genotype as genotype_lib
+from jaxnas.spaces import registry
+from jaxnas.spaces import ronasmis
+from jaxnas.spaces.scnas import cost
+from jaxnas.spaces.scnas import fixed_network
+from jaxnas.spaces.scnas import network
 
 KINDS = ("genotype", "uresnet")
 
@@ -51,8 +52,8 @@ def describe(architecture: str, *, in_channels: int, num_classes: int, width: in
                 "genotype": genotype_lib.random_genotype(random_seed),
                 "stem_stride": stem_stride, "node_scale": node_scale, **common}
     genotype = genotype_lib.load_genotype(architecture)  # ValueError names the file.
-    scnas = genotype_lib.space_of(genotype) == "scnas"
-    extra = {"stem_stride": stem_stride, "node_scale": node_scale} if scnas else {}
+    cells = registry.get(genotype_lib.space_of(genotype)).has_cells
+    extra = {"stem_stride": stem_stride, "node_scale": node_scale} if cells else {}
     return {"kind": "genotype", "source": architecture, "genotype": genotype, **extra, **common}
 
 
@@ -79,12 +80,15 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0,
             apply=apply, loss=ds_loss,
             cost=lambda patch: uresnet.uresnet_cost(in_channels=c_in, num_classes=k,
                                                     width=width, patch_size=patch))
-    space_name = genotype_lib.space_of(description["genotype"])
-    if space_name == "ronasmis":
-        return _ronasmis_model(description["genotype"], c_in, k, width, impl, loss_fn)
-    if space_name == "c2fnas":
-        return _c2fnas_model(description["genotype"], c_in, k, width, impl, loss_fn)
-    index = genotype_lib.genotype_to_indices(description["genotype"])
+    genotype = description["genotype"]
+    space_model = registry.get(genotype_lib.space_of(genotype)).resolve("model")
+    return space_model(genotype, description, impl=impl, loss_fn=loss_fn)
+
+
+def scnas_model(genotype, description, *, impl, loss_fn) -> Model:
+    """The fixed network of an SCNAS genotype (the registry's builder for "scnas")."""
+    c_in, k, width = (description[n] for n in ("in_channels", "num_classes", "width"))
+    index = genotype_lib.genotype_to_indices(genotype)
     static = fixed_network.static_index(index)
     stride = int(description.get("stem_stride", 1))
     node_scale = float(description.get("node_scale", network.DEFAULT_NODE_SCALE))
@@ -108,7 +112,9 @@ def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0,
                  cost=genotype_cost)
 
 
-def _ronasmis_model(genotype, c_in, k, width, impl, loss_fn) -> Model:
+def ronasmis_model(genotype, description, *, impl, loss_fn) -> Model:
+    """The compact RONASMIS network of a genotype's decisions (registry builder)."""
+    c_in, k, width = (description[n] for n in ("in_channels", "num_classes", "width"))
     choice = tuple(int(c) for c in ronasmis.dict_to_choice(genotype["decisions"]))
 
     def init(key):
@@ -133,7 +139,9 @@ def _ronasmis_model(genotype, c_in, k, width, impl, loss_fn) -> Model:
                  cost=model_cost)
 
 
-def _c2fnas_model(genotype, c_in, k, width, impl, loss_fn) -> Model:
+def c2fnas_model(genotype, description, *, impl, loss_fn) -> Model:
+    """The derived C2FNAS network of a genotype's topology and ops (registry builder)."""
+    c_in, k, width = (description[n] for n in ("in_channels", "num_classes", "width"))
     topology, ops_ = c2fnas.from_json(genotype)
 
     def init(key):

@@ -17,7 +17,7 @@ Constraints: the batch size must be divisible by the "data" size and the patch d
 8 * the "space" size (3 poolings of 2 leave x / 8 voxels at the bottom, which must split
 evenly over the slabs), with at least 2 bottom voxels per slab (`MIN_BOTTOM_SLAB`): x = 128
 allows space up to 8. The mesh is written "data:2,space:2"; "" means one device and
-no sharding at all (the plain `jax.jit` path of train.py / retrain.py).
+no sharding at all (the plain `jax.jit` path of modes/search.py and phases.py).
 
 Several processes (one per machine, `jax.distributed.initialize` in main.py): the mesh
 spans the global device list; every process draws the same whole batch from the same

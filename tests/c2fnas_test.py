@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jaxnas import c2fnas
-from jaxnas import losses
+from jaxnas.nn import losses
+from jaxnas.spaces import c2fnas
 from tests import fixtures
 
 SHAPE = (1, 16, 16, 16, 1)

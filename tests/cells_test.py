@@ -8,9 +8,9 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from jaxnas import cells
-from jaxnas import ops
-from jaxnas import space
+from jaxnas.nn import ops
+from jaxnas.spaces.scnas import cells
+from jaxnas.spaces.scnas import space
 
 C = 2  # node width
 # cell type -> (s0 shape, s1 shape, s0_resize, output shape)

@@ -13,8 +13,8 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
-from jaxnas import controller
-from jaxnas import ronasmis
+from jaxnas.search import controller
+from jaxnas.spaces import ronasmis
 
 VOCAB = (4, 2, 3, 2)
 HIDDEN = 16

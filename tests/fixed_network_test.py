@@ -16,14 +16,14 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
-from jaxnas import cell_drawing
-from jaxnas import fixed_network
-from jaxnas import genotype as genotype_lib
-from jaxnas import losses
-from jaxnas import network
-from jaxnas import ops
-from jaxnas import search
-from jaxnas import space
+from jaxnas.nn import losses
+from jaxnas.nn import ops
+from jaxnas.search import bilevel
+from jaxnas.spaces import cell_drawing
+from jaxnas.spaces import genotype as genotype_lib
+from jaxnas.spaces.scnas import fixed_network
+from jaxnas.spaces.scnas import network
+from jaxnas.spaces.scnas import space
 
 SHAPE = (1, 16, 16, 16, 2)
 WIDTH, NUM_CLASSES = 4, 3
@@ -81,7 +81,7 @@ class CompactFromSupernetTest(absltest.TestCase):
     def _check_equal(self, impl):
         static = fixed_network.static_index(self.index)
         fixed = _APPLY_FIXED(self.compact, self.image, static, impl=impl)
-        choice = search.choice_from_indices(self.index)
+        choice = bilevel.choice_from_indices(self.index)
         supernet = _APPLY_NETWORK(self.supernet, self.image, choice, impl=impl)
         chex.assert_shape(fixed, (*SHAPE[:4], NUM_CLASSES))
         self.assertGreater(float(jnp.std(fixed)), 0.0)
@@ -219,7 +219,7 @@ class StrideTwoStemTest(absltest.TestCase):
         self.assertEqual(network.stem_stride(supernet), 2)
         index = _index(1)
         compact = fixed_network.compact_from_supernet(supernet, index)
-        want = _APPLY_NETWORK(supernet, image, search.choice_from_indices(index), impl="fast")
+        want = _APPLY_NETWORK(supernet, image, bilevel.choice_from_indices(index), impl="fast")
         got = _APPLY_FIXED(compact, image, index=fixed_network.static_index(index),
                            impl="fast")
         self.assertEqual(got.shape, (1, 32, 16, 16, NUM_CLASSES))
@@ -230,4 +230,4 @@ class StrideTwoStemTest(absltest.TestCase):
                                          num_classes=NUM_CLASSES, width=WIDTH, stem_stride=2)
         self.assertEqual(jax.tree.structure(fresh), jax.tree.structure(compact))
         with self.assertRaisesRegex(ValueError, "divisible by 16"):
-            network.apply_network(supernet, image[:, :24], search.choice_from_indices(index))
+            network.apply_network(supernet, image[:, :24], bilevel.choice_from_indices(index))

@@ -59,7 +59,7 @@ def write_json(path, obj):
 
 def random_ronasmis_choice(rng) -> np.ndarray:
     """A uniformly random RONASMIS child, int32 (len(ronasmis.DECISIONS),)."""
-    from jaxnas import ronasmis
+    from jaxnas.spaces import ronasmis
 
     return np.asarray([rng.integers(n) for n in ronasmis.VOCAB_SIZES], np.int32)
 

@@ -7,8 +7,8 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from jaxnas import genotype as genotype_lib
-from jaxnas import space
+from jaxnas.spaces import genotype as genotype_lib
+from jaxnas.spaces.scnas import space
 
 
 def _arch():

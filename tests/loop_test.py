@@ -7,9 +7,9 @@ import jax.numpy as jnp
 from absl.testing import absltest
 from jaxtyping import Array, Int
 
-from jaxnas import checkpoints
 from jaxnas import loop
-from jaxnas import writer as writer_lib
+from jaxnas.io import checkpoints
+from jaxnas.io import writer as writer_lib
 
 STEP_SECONDS = 0.02
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 from absl.testing import absltest, parameterized
 
-from jaxnas import losses
+from jaxnas.nn import losses
 
 CLASSES = 3
 

@@ -13,13 +13,13 @@ import nibabel as nib
 import numpy as np
 from absl.testing import absltest
 
-from jaxnas import artifacts
 from jaxnas import config as config_lib
-from jaxnas import crossval
-from jaxnas import genotype as genotype_lib
 from jaxnas import models
-from jaxnas import network
-from jaxnas import retrain
+from jaxnas.io import artifacts
+from jaxnas.modes import evaluate as evaluate_mode
+from jaxnas.modes import train as train_mode
+from jaxnas.spaces import genotype as genotype_lib
+from jaxnas.spaces.scnas import network
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,14 +82,14 @@ class ModelsTest(absltest.TestCase):
         folds = [{"fold": k, "labels": ["bg", "a"], "val_cases": [str(k)],
                   "dice_per_class": {"bg": 0.9, "a": v}, "dice_mean_foreground": v}
                  for k, v in enumerate((0.5, 0.7))]
-        result = crossval.aggregate(folds)
+        result = evaluate_mode.aggregate(folds)
         self.assertAlmostEqual(result["dice_mean"]["a"], 0.6)
         self.assertAlmostEqual(result["dice_std"]["a"], 0.1)
         result.update(derived={"params": 2e6, "gflops": 1.5}, wall_seconds=120)
-        self.assertEqual(crossval.markdown_row("x", result),
+        self.assertEqual(evaluate_mode.markdown_row("x", result),
                          "| x | 0.600 ± 0.100 | 0.600 ± 0.100 | 2.000M | 1.500 | - | 2.0 |")
         result.update(search_seconds=90)
-        self.assertIn("| 1.500 | 1.5 | 2.0 |", crossval.markdown_row("x", result))
+        self.assertIn("| 1.500 | 1.5 | 2.0 |", evaluate_mode.markdown_row("x", result))
 
 
 class EvaluateTrainPredictTest(absltest.TestCase):
@@ -104,7 +104,7 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         # No cache_dir: the folds must share <workdir>/preprocessed.
         cls.config = _config(cls.data_dir, "", "random:5")
         cls.workdir = os.path.join(cls.tmp, "cv")
-        cls.result = crossval.cross_validate(cls.config, cls.workdir)
+        cls.result = evaluate_mode.cross_validate(cls.config, cls.workdir)
 
     def test_folds_are_disjoint_and_cover_every_case(self):
         val = [set(f["val_cases"]) for f in self.result["per_fold"]]
@@ -121,7 +121,7 @@ class EvaluateTrainPredictTest(absltest.TestCase):
 
     def test_rerun_reuses_finished_folds(self):
         mtime = os.path.getmtime(os.path.join(self.workdir, "fold_1", "summary.json"))
-        again = crossval.cross_validate(self.config, self.workdir)
+        again = evaluate_mode.cross_validate(self.config, self.workdir)
         self.assertEqual(again["dice_mean"], self.result["dice_mean"])
         self.assertEqual(
             mtime, os.path.getmtime(os.path.join(self.workdir, "fold_1", "summary.json")))
@@ -174,7 +174,7 @@ class UResNetTrainTest(absltest.TestCase):
         config = _config(data_dir, os.path.join(tmp, "cache"), "uresnet", num_folds=3)
         config = dataclasses.replace(config, search=dataclasses.replace(
             config.search, num_epochs=4, lr_w=3e-3))
-        summary = retrain.train_and_evaluate(config, os.path.join(tmp, "w"))
+        summary = train_mode.train_and_evaluate(config, os.path.join(tmp, "w"))
         self.assertEqual(summary["architecture"], "uresnet")
         self.assertEqual(summary["mode"], "train")
         for name in ("model.json", "plan.json", "final", "summary.json", "pictures"):

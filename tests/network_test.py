@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jaxnas import network
-from jaxnas import ops
-from jaxnas import space
+from jaxnas.nn import ops
+from jaxnas.spaces.scnas import network
+from jaxnas.spaces.scnas import space
 
 SHAPE = (1, 16, 16, 16, 1)
 WIDTH, NUM_CLASSES = 4, 3

@@ -7,8 +7,8 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from jaxnas import ops
-from jaxnas import space
+from jaxnas.nn import ops
+from jaxnas.spaces.scnas import space
 
 # Even and odd sizes: stride 2 gives ceil(n / 2) for both, and the backward pass of a
 # strided conv pads differently for each parity. Stride 1 pads alike for both parities.

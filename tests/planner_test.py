@@ -6,8 +6,9 @@ import numpy as np
 from absl.testing import absltest
 
 from jaxnas import config as config_lib
+from jaxnas import phases
 from jaxnas import planner
-from jaxnas import schedules
+from jaxnas.search import schedules
 
 FP = planner.fingerprint([(71, 87, 78), (75, 90, 80), (68, 85, 77)], spacing=(2, 2, 2),
                          num_classes=3, num_channels=1)
@@ -56,7 +57,6 @@ class PlanTest(absltest.TestCase):
 
     def test_a_kept_flag_that_does_not_fit_the_plan_is_one_clear_error(self):
         import types
-        from jaxnas import prepare
         from jaxnas.data import msd
 
         config = dataclasses.replace(config_lib.tiny(), user_set=("patch_size",))
@@ -68,7 +68,7 @@ class PlanTest(absltest.TestCase):
             theta_ids=["a"], alpha_ids=["b"], cases={"a": case, "b": case}, spacing=(2, 2, 2),
             dataset=types.SimpleNamespace(num_classes=3, modalities=("T1",)))
         with self.assertRaisesRegex(msd.DataError, "divisible by 16"):
-            prepare.planned_config(config, data, self.create_tempdir().full_path)
+            phases.planned_config(config, data, self.create_tempdir().full_path)
 
     def test_budget_to_steps(self):
         self.assertEqual(planner.steps_in(100.0, 0.5), 200)

@@ -6,10 +6,10 @@ import nibabel as nib
 import numpy as np
 from absl.testing import absltest
 
-from jaxnas import pictures
-from jaxnas import predict
 from jaxnas.data import preprocess
 from jaxnas.data.msd import DataError
+from jaxnas.io import pictures
+from jaxnas.modes import predict
 
 SHAPE = (20, 18, 14)
 SPACING = (1.0, 1.5, 2.5)

@@ -14,8 +14,8 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
-from jaxnas import ops
-from jaxnas import ronasmis
+from jaxnas.nn import ops
+from jaxnas.spaces import ronasmis
 from tests import fixtures
 
 SHAPE = (1, 16, 16, 16, 1)

@@ -12,10 +12,10 @@ import time
 import jax
 import numpy as np
 
-from jaxnas import losses
-from jaxnas import network
-from jaxnas import search
 from jaxnas import sharding
+from jaxnas.nn import losses
+from jaxnas.search import bilevel
+from jaxnas.spaces.scnas import network
 
 WIDTH, NUM_CLASSES, IMPL = 4, 3, "xla"
 # Patches 32 x 16 x 16, not 16^3: x = 16 over space:2 leaves 1 voxel per slab at the
@@ -47,15 +47,15 @@ def main():
     # Adam's first step is lr * g / (|g| + eps): with the usual eps = 1e-8 it is lr * sign(g)
     # and a gradient near 0 may flip sign with the summation order (2 * lr apart). eps = 1
     # keeps the update smooth in g, and lr = 1 moves params by up to ~1.
-    tx_w, tx_a = search.make_optimizers(lr_w=1.0, betas_w=(0.9, 0.999), eps=1.0)
-    step_w, _ = search.make_steps(apply_fn=apply_fn, loss_fn=loss_fn, tx_w=tx_w, tx_a=tx_a,
-                                  tau_fn=search.make_tau_fn(1))
+    tx_w, tx_a = bilevel.make_optimizers(lr_w=1.0, betas_w=(0.9, 0.999), eps=1.0)
+    step_w, _ = bilevel.make_steps(apply_fn=apply_fn, loss_fn=loss_fn, tx_w=tx_w, tx_a=tx_a,
+                                  tau_fn=bilevel.make_tau_fn(1))
     # Host copies: a donated state must not share device buffers with anything reused.
     params = jax.device_get(network.init_network(
         jax.random.key(0), in_channels=1, num_classes=NUM_CLASSES, width=WIDTH))
-    init = lambda: search.init_state(params, search.init_arch(), tx_w, tx_a)  # noqa: E731
+    init = lambda: bilevel.init_state(params, bilevel.init_arch(), tx_w, tx_a)  # noqa: E731
     batch, key = _batch(), jax.random.key(1)
-    choice = search.sample_edges(key, search.init_arch(), 1.0)
+    choice = bilevel.sample_edges(key, bilevel.init_arch(), 1.0)
     forward = lambda p, x, c: apply_fn(p, x, c)  # noqa: E731
     rep_logits = np.asarray(jax.jit(forward)(params, batch["image"], choice))
     ref_state, ref_metrics = jax.jit(step_w)(init(), batch, key)

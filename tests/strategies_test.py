@@ -15,22 +15,21 @@ import sys
 import tempfile
 import unittest
 
-import jax
 import nibabel as nib
 import numpy as np
 from absl.testing import absltest
 
-from jaxnas import artifacts
-from jaxnas import c2fnas
-from jaxnas import cell_drawing
 from jaxnas import config as config_lib
-from jaxnas import genotype as genotype_lib
 from jaxnas import models
-from jaxnas import network
-from jaxnas import predict
-from jaxnas import retrain
-from jaxnas import ronasmis
-from jaxnas.strategies import common
+from jaxnas.io import artifacts
+from jaxnas.modes import predict
+from jaxnas.modes import train as train_mode
+from jaxnas.search.strategies import common
+from jaxnas.spaces import c2fnas
+from jaxnas.spaces import cell_drawing
+from jaxnas.spaces import genotype as genotype_lib
+from jaxnas.spaces import ronasmis
+from jaxnas.spaces.scnas import network
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,7 +146,7 @@ class MacroTrainPredictTest(absltest.TestCase):
                 data=dataclasses.replace(base.data, data_dir=cls.data_dir,
                                          cache_dir=os.path.join(cls.tmp, "cache")),
                 search=dataclasses.replace(base.search, width=2))
-            cls.summaries[name] = retrain.train_and_evaluate(config, os.path.join(cls.tmp, name))
+            cls.summaries[name] = train_mode.train_and_evaluate(config, os.path.join(cls.tmp, name))
 
     def test_train_summary_and_model(self):
         for name, summary in self.summaries.items():

@@ -15,10 +15,10 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
-from jaxnas import losses
-from jaxnas import network
-from jaxnas import ops
 from jaxnas.baselines import uresnet
+from jaxnas.nn import losses
+from jaxnas.nn import ops
+from jaxnas.spaces.scnas import network
 from tests import fixtures
 
 SHAPE = (1, 16, 16, 16, 2)

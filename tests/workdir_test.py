@@ -7,7 +7,7 @@ import os
 from absl.testing import absltest
 
 from jaxnas import config as config_lib
-from jaxnas import workdir as workdir_lib
+from jaxnas.io import workdir as workdir_lib
 
 
 def _write_config(workdir, config):

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from jaxnas import ops
+from jaxnas.nn import ops
 
 PyTree = Any
 Volume = Float[Array, "b x y z c"]

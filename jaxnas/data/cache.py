@@ -19,9 +19,9 @@ import time
 import numpy as np
 from absl import logging
 
-from jaxnas import fileio
 from jaxnas.data import msd
 from jaxnas.data import preprocess
+from jaxnas.io import fileio
 
 # Bump when the preprocessing code changes what it writes, so old caches are not trusted.
 CACHE_VERSION = 1

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from scipy import ndimage
 
-from jaxnas import fileio
+from jaxnas.io import fileio
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

@@ -1,0 +1,272 @@
+"""What every mode's run shares besides the loop: the fold's data, the plan, batches, the
+budget in steps, and the training of a fixed network.
+
+- `load_training_data` and `planned_config`: the cached cases, the fold's splits and the
+  planner's settings (`planned.json`), the first two calls of every mode.
+- `step_batch`: a batch as a pure function of (seed, step, stream).
+- `budget_steps`, `time_steps`: a wall-clock budget turned into step counts once, stored
+  in `budget.json` so a resumed run replays the same schedule.
+- `train_fixed`: a fixed network trained through `loop.run` (the search's fine-tune phase
+  and --mode=train), re-sized once from its own first steps (loop.Resize).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from jaxnas import config as config_lib
+from jaxnas import fit
+from jaxnas import loop
+from jaxnas import planner
+from jaxnas import sharding
+from jaxnas.data import cache
+from jaxnas.data import msd
+from jaxnas.data import patches
+from jaxnas.io import checkpoints
+from jaxnas.io import fileio
+from jaxnas.search import bilevel
+from jaxnas.search import schedules
+from jaxnas.spaces.scnas import network
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    dataset: msd.Dataset
+    cases: dict  # case_id -> cache.PreparedCase
+    spacing: tuple[float, float, float]
+    splits: list
+    theta_ids: list  # Trains the network weights.
+    alpha_ids: list  # Trains the architecture logits.
+    val_ids: list  # Held out: the fold's validation cases.
+
+
+def load_training_data(config: config_lib.Config, workdir: str) -> TrainingData:
+    """Reads, validates and caches the dataset, then fixes the fold's splits."""
+    d = config.data
+    dataset = msd.read_dataset(d.data_dir)
+    os.makedirs(workdir, exist_ok=True)
+    cache_dir = d.cache_dir or os.path.join(workdir, "preprocessed")
+    prepared, _, spacing = cache.prepare_dataset(dataset, cache_dir, spacing=d.spacing,
+                                                 image_order=d.image_order)
+    cases = {c.case_id: c for c in prepared}
+    splits = patches.load_or_make_splits(os.path.join(workdir, "splits.json"), list(cases),
+                                         d.num_folds, config.seed, d.splits_file)
+    if d.fold >= len(splits):
+        raise msd.DataError(f"--fold={d.fold} but the splits have {len(splits)} folds")
+    fold = splits[d.fold]
+    theta_ids, alpha_ids = patches.bilevel_split(fold["train"], config.seed, d.alpha_fraction)
+    return TrainingData(dataset, cases, spacing, splits, theta_ids, alpha_ids, fold["val"])
+
+
+def planned_config(config: config_lib.Config, data: TrainingData,
+                   workdir: str) -> config_lib.Config:
+    """The config a planned run (--budget_minutes > 0) uses; unchanged without a budget.
+
+    Writes `<workdir>/planned.json` (the fingerprint and every choice with its reason)
+    and logs each choice. Flags the user gave stay as given (planner.apply).
+    """
+    if config.search.budget_minutes <= 0:
+        return config
+    import jax  # The backend decides the voxel caps.
+
+    train_ids = data.theta_ids + data.alpha_ids
+    fp = planner.fingerprint([data.cases[i].image.shape for i in train_ids],
+                             spacing=data.spacing, num_classes=data.dataset.num_classes,
+                             num_channels=len(data.dataset.modalities))
+    planned = planner.plan(fp, budget_minutes=config.search.budget_minutes,
+                           backend=jax.default_backend())
+    config, record = planner.apply(config, planned)
+    try:  # A flag kept by the user may not fit a planned choice (a patch and the stem).
+        config_lib.validate(config)
+    except ValueError as e:
+        raise msd.DataError(f"with the planned settings (planned.json): {e}") from None
+    fileio.write_json(os.path.join(workdir, "planned.json"),
+                      {"fingerprint": fp, "budget_minutes": config.search.budget_minutes,
+                       "choices": record})
+    logging.info("plan from %s (budget %g min):", fp, config.search.budget_minutes)
+    for name, choice in record.items():
+        logging.info("  %s = %s: %s", name, choice["value"], choice["reason"])
+    return config
+
+
+def budget_steps(workdir: str, phase: str, compute_fn) -> int:
+    """A phase's planned step count: read from `<workdir>/budget.json`, else computed once.
+
+    compute_fn() -> int runs only on the first run; a resumed run reads the stored count,
+    so it replays exactly the same schedule (DESIGN.md section 10).
+    """
+    path = os.path.join(workdir, "budget.json")
+    stored = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+    if phase not in stored:
+        stored[phase] = int(compute_fn())
+        fileio.write_json(path, stored)
+    return int(stored[phase])
+
+
+def store_resized_steps(workdir: str, phase: str, num_steps: int) -> None:
+    """Replaces a phase's planned count by the one its own first steps measured, once."""
+    path = os.path.join(workdir, "budget.json")
+    with open(path) as f:
+        stored = json.load(f)
+    stored[phase] = int(num_steps)
+    stored["resized"] = sorted(set(stored.get("resized", [])) | {phase})
+    fileio.write_json(path, stored)
+
+
+def budget_resized(workdir: str, phase: str) -> bool:
+    """Whether a phase's count was already re-set from its steps (a resume keeps it)."""
+    path = os.path.join(workdir, "budget.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return phase in json.load(f).get("resized", [])
+
+
+def resolve_impl(impl: str) -> str:
+    """"auto": the CPU-fast op forms on CPU, the XLA (cuDNN) forms on accelerators."""
+    if impl != "auto":
+        return impl
+    return "fast" if jax.default_backend() == "cpu" else "xla"
+
+
+def make_model(config: config_lib.Config, in_channels: int, num_classes: int):
+    """(init_fn(key) -> params, apply_fn(params, image, choice) -> logits) of the supernet.
+
+    The choice is what the strategy samples (bilevel.SAMPLERS): an op pair per edge for
+    SCNAS and GDAS, softmax weights over all ops for DARTS.
+    """
+    impl = resolve_impl(config.search.impl)
+    init_fn = functools.partial(network.init_network, in_channels=in_channels,
+                                num_classes=num_classes, width=config.search.width,
+                                stem_stride=config.search.stem_stride,
+                                node_scale=config.search.node_scale)
+    _, dense = bilevel.SAMPLERS[config.search.strategy]
+    apply = network.apply_network_dense if dense else network.apply_network
+    return init_fn, functools.partial(apply, impl=impl)
+
+
+def step_batch(cases, config, step: int, stream: int, patch_size=None) -> dict:
+    """The batch of (seed, step, stream): 0 trains Theta, 1 alpha (or scores candidates)."""
+    # Theta and alpha batches are separate streams of one (seed, step) function.
+    d = config.data
+    return patches.make_batch(cases, seed=config.seed, step=2 * step + stream,
+                              batch_size=d.batch_size, patch_size=patch_size or d.patch_size,
+                              fg_fraction=d.fg_fraction, augment=d.augment,
+                              augment_spatial=d.augment_spatial)
+
+
+def time_steps(run_once, state, repeats: int = 3) -> float:
+    """Seconds per call of run_once(state) -> state, after one warm-up (compile) call.
+
+    Runs on a copy: the steps donate their state, and the real run starts from `state`.
+    """
+    probe = jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, state)
+    probe = jax.block_until_ready(run_once(probe))
+    start = time.time()
+    for _ in range(repeats):
+        probe = run_once(probe)
+    jax.block_until_ready(probe)
+    return (time.time() - start) / repeats
+
+
+def training_seconds_left(config: config_lib.Config, start_wall: float) -> float:
+    """Budget left for training: the whole budget less what has passed and the reserve."""
+    budget = 60.0 * config.search.budget_minutes
+    return budget * (1.0 - planner.EVAL_RESERVE) - (time.time() - start_wall)
+
+
+LR_WARMUP_STEPS = 20  # Fixed (not a share): the first steps never depend on the budget.
+
+
+RESIZE_AT_STEP = 12  # <= LR_WARMUP_STEPS: the steps before it never see the length.
+
+
+def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, writer, *,
+                start_wall: float, mesh, phase: str, eval_shapes=(), eval_passes: int = 1):
+    """Trains a fixed network from `params`: the fine-tune phase and --mode=train.
+
+    Planned (--budget_minutes): the step count is what fits before the budget's end less
+    the evaluation of `eval_shapes` (held-out cases, `eval_passes` networks), first from
+    timed calls, then re-set once from the loop's own first steps (loop.Resize); both are
+    stored in budget.json under `phase`. The lr warms up and decays over it. Else
+    num_epochs x steps_per_epoch with the plateau rule. Checkpoints in `<workdir>/ckpt`
+    (train) or `<workdir>/ckpt_<phase>`; returns (params, num_steps).
+    """
+    s = config.search
+    patch = config.data.patch_size
+    steps_per_epoch = s.steps_per_epoch or max(1, len(cases) // config.data.batch_size)
+    tx = fit.make_optimizer(s.lr_w, s.betas_w)
+    planned = s.budget_minutes > 0
+    lr_fn = functools.partial(schedules.lr_factor, warmup_steps=LR_WARMUP_STEPS,
+                              kind=s.lr_schedule) if s.lr_schedule != "constant" else None
+    step_fn = sharding.compile_step(
+        functools.partial(fit.train_step, loss_fn=model.loss, tx=tx, lr_fn=lr_fn), mesh,
+        has_key=False)
+    put_state, put = sharding.placers(mesh)
+    stream = 0 if phase == "train" else 2  # Fine-tune batches: a stream of their own.
+
+    def batch(step):
+        return put(step_batch(cases, config, step, stream, patch))
+
+    resize = None
+    if planned:
+        def end_time(seconds_per_step):
+            """time.time() by which training must end: the budget less the evaluation."""
+            return start_wall + 60.0 * s.budget_minutes - planner.eval_seconds(
+                eval_shapes, window=patch, overlap=config.eval.overlap,
+                mirror=config.eval.mirror, step_seconds=seconds_per_step,
+                batch_size=config.data.batch_size, passes=eval_passes)
+
+        def measure():
+            probe = put_state(fit.init_state(params, tx))
+            b = batch(0)
+            seconds_per_step = time_steps(lambda st: step_fn(st, b)[0], probe)
+            left = end_time(seconds_per_step) - time.time()
+            logging.info("%s step %.3f s; %.0f s left for it", phase, seconds_per_step, left)
+            return planner.steps_in(left, seconds_per_step)
+
+        key = f"{phase}_steps"
+        num_steps = budget_steps(workdir, key, measure)
+        if not budget_resized(workdir, key):
+            def resize_fn(state, n):
+                store_resized_steps(workdir, key, n)
+                return put_state(state.replace(horizon=jnp.asarray((0, 0, n), jnp.int32)))
+
+            resize = loop.Resize(at_step=RESIZE_AT_STEP, end_fn=end_time, resize_fn=resize_fn)
+    else:
+        num_steps = s.num_epochs * steps_per_epoch
+    plateau_fn = None
+    if lr_fn is None:
+        plateau_fn = jax.jit(functools.partial(fit.plateau_step, patience=s.plateau_patience))
+    manager = checkpoints.make_manager(workdir, "ckpt" if phase == "train" else f"ckpt_{phase}")
+    state = checkpoints.restore_or_init(
+        manager, lambda: fit.init_state(params, tx, horizon=(0, 0, num_steps)))
+    state = put_state(state)
+    logging.info("%s: %d steps, patch %s, batch %d", phase, num_steps, patch,
+                 config.data.batch_size)
+    state = loop.run(state, schedule=loop.Schedule(num_steps, steps_per_epoch, s.log_every,
+                                                   s.ckpt_every),
+                     step_fn=lambda st, step: step_fn(st, batch(step)), loss_key="train/loss",
+                     manager=manager, writer=writer, workdir=workdir, plateau_fn=plateau_fn,
+                     scalars_fn=lambda st: {"train/lr": bilevel.learning_rate(st.opt)},
+                     name=phase, resize=resize)
+    return state.params, int(state.step)
+
+
+def finetune(config, workdir, model, params, cases, writer, *, start_wall, mesh,
+             eval_shapes=(), eval_passes=1):
+    """SCNAS's third phase: the derived network, Theta kept, on every training case.
+
+    Returns (params, num_steps)."""
+    return train_fixed(config, workdir, model, params, cases, writer, start_wall=start_wall,
+                       mesh=mesh, phase="finetune", eval_shapes=eval_shapes,
+                       eval_passes=eval_passes)

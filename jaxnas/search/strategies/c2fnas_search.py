@@ -1,0 +1,153 @@
+"""C2FNAS: the coarse stage searches the topology, the fine stage the op of each cell.
+
+Coarse (macro level): `num_topologies` U-path topologies (c2fnas.py: the resolution of
+each of 12 cells) are sampled and grouped into `num_groups` groups of similar paths
+(k-means on the level vectors). Each group trains its own shared supernet for its share
+of `coarse_fraction` x num_steps iterations, a topology of the group drawn per step and
+every cell running the three ops with weights 1/3. Each topology is then scored by
+patient-wise Dice on the validation patches with its group's weights; the best one wins.
+Grouping is what keeps weight sharing fair: paths that share a group share most cells.
+
+Fine (micro level): on the winning topology, the op of each cell (2D 3x3x1, 3D 3x3x3,
+P3D 3x3x1 + 1x1x3) is searched as in DARTS: every op runs, weighted by softmax(alpha)
+(12, 3), Theta on the Theta cases and alpha on the alpha cases, alternately, starting
+from the winning group's weights. The derived network (argmax op per cell) keeps those
+weights and has the size and input patch of the search: no search/deployment gap.
+
+Both stages run through one compiled supernet step (topology and op weights are traced
+inputs of the batch); the alpha step is the one other program.
+"""
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from jaxnas import config as config_lib
+from jaxnas import evaluation
+from jaxnas import fit
+from jaxnas import phases
+from jaxnas.io import writer as writer_lib
+from jaxnas.nn import losses
+from jaxnas.search import bilevel
+from jaxnas.search.strategies import common
+from jaxnas.spaces import c2fnas
+from jaxnas.spaces import genotype as genotype_lib
+
+
+def run(config: config_lib.Config, workdir: str) -> dict:
+    start_wall = time.time()
+    data = phases.load_training_data(config, workdir)
+    theta = [data.cases[i] for i in data.theta_ids]
+    alpha = [data.cases[i] for i in data.alpha_ids]
+    s, num_classes = config.search, data.dataset.num_classes
+    in_channels = len(data.dataset.modalities)
+    _, num_steps = common.budget(config, len(theta))
+
+    topologies = c2fnas.sample_topologies(np.random.default_rng(config.seed), s.num_topologies)
+    groups = c2fnas.group_topologies(topologies, s.num_groups, seed=config.seed)
+    num_groups = int(groups.max()) + 1
+    per_group = max(1, round(num_steps * s.coarse_fraction) // num_groups)
+    fine_steps = max(1, num_steps - per_group * num_groups)
+
+    impl = phases.resolve_impl(s.impl)
+    apply = functools.partial(c2fnas.apply_supernet, impl=impl)
+    dice_ce = functools.partial(losses.dice_ce, num_classes=num_classes, ce_weight=s.ce_weight)
+
+    def loss_fn(params, batch):  # Topology and op weights travel with the batch.
+        logits = apply(params, batch["image"], batch["topology"], batch["op_weights"])
+        return dice_ce(logits, batch["label"])
+
+    tx_w, tx_a = bilevel.make_optimizers(lr_w=s.lr_w, betas_w=s.betas_w, lr_a=s.lr_a,
+                                        betas_a=s.betas_a)
+    step_fn = jax.jit(functools.partial(fit.train_step, loss_fn=loss_fn, tx=tx_w),
+                      donate_argnums=0)
+    score_fn = jax.jit(lambda p, b, t, w: common.patch_dice(apply(p, b["image"], t, w),
+                                                            b["label"]))
+    alpha_fn = jax.jit(functools.partial(_alpha_step, loss_fn=loss_fn, tx=tx_a))
+    val = common.val_batch(alpha, config)
+    writer = writer_lib.MetricWriter(workdir)
+    key = jax.random.key(config.seed)
+    rng = np.random.default_rng((config.seed, 1))
+    logging.info("c2fnas coarse stage: %d topologies in %d groups, %d steps each; fine "
+                 "stage: %d steps; patch %s, width %d", len(topologies), num_groups,
+                 per_group, fine_steps, config.data.patch_size, s.width)
+
+    def train_steps(state, count, topology, weights, step):
+        for _ in range(count):
+            batch = {**phases.step_batch(theta, config, step, 0),
+                     "topology": topology, "op_weights": weights}
+            state, m = step_fn(state, batch)
+            step += 1
+            if step % s.log_every == 0:
+                m = jax.device_get(m)
+                evaluation.check_finite(m, step, workdir)
+                writer.write_scalars(step, m)
+        return state, step
+
+    # --- Coarse stage: topology ---
+    uniform, step, scored, best = c2fnas.uniform_weights(), 0, [], None
+    for g in range(num_groups):
+        members = topologies[groups == g]
+        state = fit.init_state(c2fnas.init_supernet(
+            jax.random.fold_in(key, g), in_channels=in_channels, num_classes=num_classes,
+            width=s.width), tx_w)
+        tick = time.time()
+        for _ in range(per_group):
+            topology = members[rng.integers(len(members))].astype(np.int32)
+            state, step = train_steps(state, 1, topology, uniform, step)
+        for topology in members:
+            dice = float(np.mean(jax.device_get(
+                score_fn(state.params, val, topology.astype(np.int32), uniform))))
+            scored.append({"topology": topology.tolist(), "group": g,
+                           "val_dice": round(dice, 4)})
+            if best is None or dice > best[0]:
+                best = (dice, tuple(int(v) for v in topology), state)
+        writer.write_scalars(step, {"coarse/best_val_dice": best[0]})
+        logging.info("coarse group %d/%d: %d topologies, best validation Dice so far %.4f "
+                     "(%.1f s)", g + 1, num_groups, len(members), best[0], time.time() - tick)
+    coarse_dice, topology, state = best
+    logging.info("coarse stage chose topology %s (validation Dice %.4f)", topology,
+                 coarse_dice)
+
+    # --- Fine stage: one op per cell, DARTS-style on the chosen topology ---
+    arch = jnp.zeros((c2fnas.NUM_CELLS, len(c2fnas.OP_NAMES)), jnp.float32)
+    opt_a, topo = tx_a.init(arch), np.asarray(topology, np.int32)
+    for i in range(fine_steps):
+        state, step = train_steps(state, 1, topo, jax.nn.softmax(arch, -1), step)
+        batch = {**phases.step_batch(alpha, config, step - 1, 1), "topology": topo}
+        arch, opt_a, loss_a = alpha_fn(arch, opt_a, state.params, batch)
+        if step % s.log_every == 0:
+            writer.write_scalars(step, {"train/loss_a": loss_a,
+                                        "arch/entropy": jnp.mean(bilevel.arch_entropy(arch))})
+    search_seconds = time.time() - start_wall
+
+    op_indices = tuple(int(o) for o in np.argmax(np.asarray(arch), -1))
+    genotype = genotype_lib.macro_genotype("c2fnas", c2fnas.to_json(topology, op_indices))
+    description = {"kind": "genotype", "source": "c2fnas search", "genotype": genotype,
+                   "in_channels": in_channels, "num_classes": num_classes, "width": s.width}
+    params = c2fnas.compact_params(state.params, topology, op_indices)
+    probs = np.asarray(jax.nn.softmax(arch, -1)).round(4).tolist()
+    summary = common.finish(
+        config, workdir, data, writer, description=description, params=params, step=step,
+        start_wall=start_wall, search_seconds=search_seconds,
+        genotype_extra={"coarse_val_dice": round(coarse_dice, 4), "op_probs": probs,
+                        "coarse": scored})
+    logging.info("held-out Dice %s, mean foreground %.4f", summary["dice_per_class"],
+                 summary["dice_mean_foreground"])
+    return summary
+
+
+def _alpha_step(arch, opt_a, params, batch, *, loss_fn, tx):
+    """First-order DARTS step of the op logits (12, 3) on an alpha batch."""
+
+    def loss_of_arch(a):
+        return loss_fn(params, {**batch, "op_weights": jax.nn.softmax(a, -1)})
+
+    loss, grads = jax.value_and_grad(loss_of_arch)(arch)
+    updates, opt_a = tx.update(grads, opt_a, arch)
+    return optax.apply_updates(arch, updates), opt_a, loss
