@@ -90,3 +90,49 @@ def conv_macs_in_jaxpr(jaxpr) -> float:
             elif isinstance(value, jax.extend.core.Jaxpr):
                 total += conv_macs_in_jaxpr(value)
     return float(total)
+
+
+def kill_resume_matches_whole_run(test, cmd, *, cwd, env, copy=(), compare=("genotype.json",)):
+    """Runs cmd(workdir) whole; runs it again, SIGKILLs it after its first checkpoint and
+    reruns it; asserts the rerun resumed and that `compare` files and final/ params match
+    the whole run bit for bit. `copy`: files of the whole run the killed one starts with
+    (budget.json: the same planned step counts)."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    def checkpointed(workdir):
+        ckpt = os.path.join(workdir, "ckpt")
+        return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
+
+    whole = test.create_tempdir().full_path
+    run = subprocess.run(cmd(whole), cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=900)
+    test.assertEqual(run.returncode, 0, run.stderr[-3000:])
+    killed = test.create_tempdir().full_path
+    for name in copy:
+        shutil.copy(os.path.join(whole, name), killed)
+    proc = subprocess.Popen(cmd(killed), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not checkpointed(killed) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    test.assertTrue(checkpointed(killed))
+    test.assertFalse(os.path.exists(os.path.join(killed, "summary.json")))
+    rerun = subprocess.run(cmd(killed), cwd=cwd, env=env, capture_output=True, text=True,
+                           timeout=900)
+    test.assertEqual(rerun.returncode, 0, rerun.stderr[-3000:])
+    test.assertIn("resumed from checkpoint", rerun.stderr)
+    for name in compare:
+        with open(os.path.join(whole, name)) as a, open(os.path.join(killed, name)) as b:
+            test.assertEqual(json.load(a), json.load(b), name)
+    params = [ocp.StandardCheckpointer().restore(os.path.join(w, "final"))
+              for w in (whole, killed)]
+    for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -4,17 +4,13 @@ import dataclasses
 import glob
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl.testing import absltest
 
 from jaxnas import config as config_lib
@@ -141,11 +137,6 @@ class TinyFlagfileTest(absltest.TestCase):
         self.assertIn("holds a run with other settings", other.stderr)
 
 
-def _checkpointed(workdir: str) -> bool:
-    ckpt = os.path.join(workdir, "ckpt")
-    return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
-
-
 # Three CLI runs of the planned default flow (~3 min): slow tier.
 @unittest.skipUnless(os.environ.get("JAXNAS_SLOW_TESTS") == "1",
                      "set JAXNAS_SLOW_TESTS=1 (CI does) for the kill -9 resume test")
@@ -166,33 +157,9 @@ class KillResumeTest(absltest.TestCase):
                     "--patch_size=16,16,16", "--search_patch_size=16,16,16", "--width=4",
                     "--batch_size=1", "--ckpt_every=2", "--log_every=1"]
 
-        whole = self.create_tempdir().full_path
-        run = subprocess.run(cmd(whole), cwd=cwd, env=env, capture_output=True, text=True,
-                             timeout=900)
-        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-        killed = self.create_tempdir().full_path
-        shutil.copy(os.path.join(whole, "budget.json"), killed)  # the same step counts
-        proc = subprocess.Popen(cmd(killed), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 600
-        while not _checkpointed(killed) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        self.assertTrue(_checkpointed(killed))
-        self.assertFalse(os.path.exists(os.path.join(killed, "summary.json")))
-        rerun = subprocess.run(cmd(killed), cwd=cwd, env=env, capture_output=True, text=True,
-                               timeout=900)
-        self.assertEqual(rerun.returncode, 0, rerun.stderr[-3000:])
-        self.assertIn("resumed from checkpoint", rerun.stderr)
-        for name in ("genotype.json", "budget.json"):
-            with open(os.path.join(whole, name)) as a, open(os.path.join(killed, name)) as b:
-                self.assertEqual(json.load(a), json.load(b), name)
-        params = [ocp.StandardCheckpointer().restore(os.path.join(w, "final"))
-                  for w in (whole, killed)]
-        for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
+        fixtures.kill_resume_matches_whole_run(
+            self, cmd, cwd=cwd, env=env, copy=("budget.json",),
+            compare=("genotype.json", "budget.json"))
 
 if __name__ == "__main__":
     absltest.main()

@@ -216,5 +216,34 @@ class StrategiesCliTest(absltest.TestCase):
         self._check_strategy("c2fnas", "c2fnas", "--num_topologies=4", "--num_groups=2")
 
 
+@unittest.skipUnless(SLOW, "set JAXNAS_SLOW_TESTS=1 (CI does) for the kill -9 resume runs")
+class StrategiesKillResumeTest(absltest.TestCase):
+    """Each sample-and-score strategy on loop.run: a CLI search killed with SIGKILL after its
+    first checkpoint, then rerun, ends bit-identical to an uninterrupted one."""
+
+    def _check(self, strategy, *flags):
+        data_dir = self.create_tempdir().full_path
+        fixtures.write_tiny_msd(data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
+
+        def cmd(workdir):
+            return [sys.executable, "-m", "jaxnas.main", "--flagfile=tiny.flags",
+                    f"--data_dir={data_dir}", f"--workdir={workdir}",
+                    f"--cache_dir={data_dir}_cache", "--num_folds=3", "--num_epochs=6",
+                    f"--strategy={strategy}", *flags]
+
+        fixtures.kill_resume_matches_whole_run(
+            self, cmd, cwd=os.path.join(ROOT, "experiments"),
+            env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+
+    def test_random(self):
+        self._check("random", "--num_candidates=3")
+
+    def test_ronasmis(self):
+        self._check("ronasmis", "--num_children=2", "--width=2", "--warmup_epochs=1")
+
+    def test_c2fnas(self):
+        self._check("c2fnas", "--num_topologies=4", "--num_groups=2", "--width=2")
+
+
 if __name__ == "__main__":
     absltest.main()
