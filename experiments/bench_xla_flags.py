@@ -33,6 +33,15 @@ FLAG_SETS = {
                     "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
     "XNNPACK convolutions": "--xla_cpu_use_xnnpack=true --xla_cpu_experimental_xnn_fusion_type="
                             "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "XNNPACK dots + convolutions": "--xla_cpu_use_xnnpack=true "
+                                   "--xla_cpu_experimental_xnn_fusion_type="
+                                   "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "XNNPACK dots + convolutions + opt level 1": "--xla_cpu_use_xnnpack=true "
+                                   "--xla_cpu_experimental_xnn_fusion_type="
+                                   "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION "
+                                   "--xla_backend_optimization_level=1",
 }
 
 

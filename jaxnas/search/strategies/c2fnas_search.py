@@ -15,28 +15,47 @@ from the winning group's weights. The derived network (argmax op per cell) keeps
 weights and has the size and input patch of the search: no search/deployment gap.
 
 Both stages run through one compiled supernet step (topology and op weights are traced
-inputs of the batch); the alpha step is the one other program.
+inputs of the batch); the alpha step is the one other program. Both stages run through
+loop.run as one checkpointed state (the best group's weights included), so a killed
+search resumes bit-exact; a topology draw is a function of (seed, step).
 """
 
 import functools
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jaxtyping import Array, Float, Int
 
 from jaxnas import config as config_lib
-from jaxnas import evaluation
 from jaxnas import fit
+from jaxnas import loop
 from jaxnas import phases
+from jaxnas.io import checkpoints
 from jaxnas.io import writer as writer_lib
 from jaxnas.nn import losses
 from jaxnas.search import bilevel
 from jaxnas.search.strategies import common
 from jaxnas.spaces import c2fnas
 from jaxnas.spaces import genotype as genotype_lib
+
+
+@flax.struct.dataclass
+class C2fnasState:
+    """What a checkpoint holds across both stages."""
+
+    step: Int[Array, ""]
+    train: fit.TrainState  # The current group's supernet, then the fine stage's.
+    best: fit.TrainState  # The state of the group whose topology scored best so far.
+    best_dice: Float[Array, ""]
+    best_topology: Int[Array, "12"]
+    scores: Float[Array, "n"]  # Validation Dice per topology (groups in order), -1 unscored.
+    arch: Float[Array, "12 3"]  # Fine stage: op logits per cell.
+    opt_a: optax.OptState
 
 
 def run(config: config_lib.Config, workdir: str) -> dict:
@@ -46,7 +65,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     alpha = [data.cases[i] for i in data.alpha_ids]
     s, num_classes = config.search, data.dataset.num_classes
     in_channels = len(data.dataset.modalities)
-    _, num_steps = common.budget(config, len(theta))
+    steps_per_epoch, num_steps = common.budget(config, len(theta))
 
     topologies = c2fnas.sample_topologies(np.random.default_rng(config.seed), s.num_topologies)
     groups = c2fnas.group_topologies(topologies, s.num_groups, seed=config.seed)
@@ -72,65 +91,91 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     val = common.val_batch(alpha, config)
     writer = writer_lib.MetricWriter(workdir)
     key = jax.random.key(config.seed)
-    rng = np.random.default_rng((config.seed, 1))
+    uniform, coarse_steps = c2fnas.uniform_weights(), per_group * num_groups
+    members = [topologies[groups == g].astype(np.int32) for g in range(num_groups)]
     logging.info("c2fnas coarse stage: %d topologies in %d groups, %d steps each; fine "
                  "stage: %d steps; patch %s, width %d", len(topologies), num_groups,
                  per_group, fine_steps, config.data.patch_size, s.width)
 
-    def train_steps(state, count, topology, weights, step):
-        for _ in range(count):
-            batch = {**phases.step_batch(theta, config, step, 0),
-                     "topology": topology, "op_weights": weights}
-            state, m = step_fn(state, batch)
-            step += 1
-            if step % s.log_every == 0:
-                m = jax.device_get(m)
-                evaluation.check_finite(m, step, workdir)
-                writer.write_scalars(step, m)
-        return state, step
-
-    # --- Coarse stage: topology ---
-    uniform, step, scored, best = c2fnas.uniform_weights(), 0, [], None
-    for g in range(num_groups):
-        members = topologies[groups == g]
-        state = fit.init_state(c2fnas.init_supernet(
+    def group_state(g):
+        return fit.init_state(c2fnas.init_supernet(
             jax.random.fold_in(key, g), in_channels=in_channels, num_classes=num_classes,
             width=s.width), tx_w)
-        tick = time.time()
-        for _ in range(per_group):
-            topology = members[rng.integers(len(members))].astype(np.int32)
-            state, step = train_steps(state, 1, topology, uniform, step)
-        for topology in members:
-            dice = float(np.mean(jax.device_get(
-                score_fn(state.params, val, topology.astype(np.int32), uniform))))
-            scored.append({"topology": topology.tolist(), "group": g,
-                           "val_dice": round(dice, 4)})
-            if best is None or dice > best[0]:
-                best = (dice, tuple(int(v) for v in topology), state)
-        writer.write_scalars(step, {"coarse/best_val_dice": best[0]})
+
+    def fresh_state():
+        first = group_state(0)
+        arch = jnp.zeros((c2fnas.NUM_CELLS, len(c2fnas.OP_NAMES)), jnp.float32)
+        return C2fnasState(step=jnp.asarray(0, jnp.int32), train=first,
+                           best=jax.tree.map(jnp.copy, first),
+                           best_dice=jnp.asarray(-1.0, jnp.float32),
+                           best_topology=jnp.asarray(members[0][0]),
+                           scores=jnp.full((len(topologies),), -1.0, jnp.float32),
+                           arch=arch, opt_a=tx_a.init(arch))
+
+    def coarse_step(state, step):
+        """Group step // per_group trains on one of its topologies; its last step scores
+        every member with the group's weights."""
+        g = step // per_group
+        train = group_state(g) if step % per_group == 0 and step else state.train
+        draw = np.random.default_rng((config.seed, 1, step)).integers(len(members[g]))
+        train, m = step_fn(train, {**phases.step_batch(theta, config, step, 0),
+                                   "topology": members[g][draw], "op_weights": uniform})
+        state = state.replace(step=state.step + 1, train=train)
+        if (step + 1) % per_group:
+            return state, m
+        first = int(np.sum(groups < g))  # Members are scored in topology order.
+        scores, tick = state.scores, time.time()
+        for i, topology in enumerate(members[g]):
+            dice = float(np.mean(jax.device_get(score_fn(train.params, val, topology,
+                                                         uniform))))
+            scores = scores.at[first + i].set(dice)
+            if dice > float(state.best_dice):
+                state = state.replace(best=jax.tree.map(jnp.copy, train),  # train is donated.
+                                      best_dice=jnp.float32(dice),
+                                      best_topology=jnp.asarray(topology))
+        writer.write_scalars(step + 1, {"coarse/best_val_dice": float(state.best_dice)})
         logging.info("coarse group %d/%d: %d topologies, best validation Dice so far %.4f "
-                     "(%.1f s)", g + 1, num_groups, len(members), best[0], time.time() - tick)
-    coarse_dice, topology, state = best
+                     "(%.1f s)", g + 1, num_groups, len(members[g]), float(state.best_dice),
+                     time.time() - tick)
+        return state.replace(scores=scores), m
+
+    def fine_step(state, step):
+        """DARTS on the chosen topology: a Theta step with softmax(arch), then an alpha step."""
+        # The winning group's state goes on (a copy: the step donates its input).
+        train = jax.tree.map(jnp.copy, state.best) if step == coarse_steps else state.train
+        topology = state.best_topology
+        train, m = step_fn(train, {**phases.step_batch(theta, config, step, 0),
+                                   "topology": topology,
+                                   "op_weights": jax.nn.softmax(state.arch, -1)})
+        batch = {**phases.step_batch(alpha, config, step, 1), "topology": topology}
+        arch, opt_a, loss_a = alpha_fn(state.arch, state.opt_a, train.params, batch)
+        m = {**m, "train/loss_a": loss_a, "arch/entropy": jnp.mean(bilevel.arch_entropy(arch))}
+        return state.replace(step=state.step + 1, train=train, arch=arch, opt_a=opt_a), m
+
+    def iteration(state, step):
+        return (coarse_step if step < coarse_steps else fine_step)(state, step)
+
+    manager = checkpoints.make_manager(workdir)
+    state = checkpoints.restore_or_init(manager, fresh_state)
+    state = loop.run(state, schedule=loop.Schedule(coarse_steps + fine_steps, steps_per_epoch,
+                                                   s.log_every, s.ckpt_every),
+                     step_fn=iteration, loss_key="train/loss", manager=manager,
+                     writer=writer, workdir=workdir, name="c2fnas")
+    step, arch, coarse_dice = int(state.step), state.arch, float(state.best_dice)
+    topology = tuple(int(v) for v in jax.device_get(state.best_topology))
     logging.info("coarse stage chose topology %s (validation Dice %.4f)", topology,
                  coarse_dice)
-
-    # --- Fine stage: one op per cell, DARTS-style on the chosen topology ---
-    arch = jnp.zeros((c2fnas.NUM_CELLS, len(c2fnas.OP_NAMES)), jnp.float32)
-    opt_a, topo = tx_a.init(arch), np.asarray(topology, np.int32)
-    for i in range(fine_steps):
-        state, step = train_steps(state, 1, topo, jax.nn.softmax(arch, -1), step)
-        batch = {**phases.step_batch(alpha, config, step - 1, 1), "topology": topo}
-        arch, opt_a, loss_a = alpha_fn(arch, opt_a, state.params, batch)
-        if step % s.log_every == 0:
-            writer.write_scalars(step, {"train/loss_a": loss_a,
-                                        "arch/entropy": jnp.mean(bilevel.arch_entropy(arch))})
+    scored = [{"topology": t.tolist(), "group": int(g), "val_dice": round(float(d), 4)}
+              for t, g, d in zip(np.concatenate(members),
+                                 np.concatenate([[g] * len(m) for g, m in enumerate(members)]),
+                                 jax.device_get(state.scores))]
     search_seconds = time.time() - start_wall
 
     op_indices = tuple(int(o) for o in np.argmax(np.asarray(arch), -1))
     genotype = genotype_lib.macro_genotype("c2fnas", c2fnas.to_json(topology, op_indices))
     description = {"kind": "genotype", "source": "c2fnas search", "genotype": genotype,
                    "in_channels": in_channels, "num_classes": num_classes, "width": s.width}
-    params = c2fnas.compact_params(state.params, topology, op_indices)
+    params = c2fnas.compact_params(state.train.params, topology, op_indices)
     probs = np.asarray(jax.nn.softmax(arch, -1)).round(4).tolist()
     summary = common.finish(
         config, workdir, data, writer, description=description, params=params, step=step,

@@ -5,20 +5,26 @@ random genotypes (an op per edge, zero included: genotype.random_genotype), each
 from fresh weights for num_steps / num_candidates steps, scored by patient-wise Dice on
 the validation patches (common.val_batch). The best one's compact network, with the
 weights it was scored with, is the result. Every candidate runs through the supernet with
-its one-op choice as a traced input, so all of them share one compile.
+its one-op choice as a traced input, so all of them share one compile. The steps run
+through loop.run with the best candidate so far in the checkpointed state, so a killed
+search resumes bit-exact.
 """
 
 import functools
 import time
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jaxtyping import Array, Float, Int
 
 from jaxnas import config as config_lib
-from jaxnas import evaluation
 from jaxnas import fit
+from jaxnas import loop
 from jaxnas import phases
+from jaxnas.io import checkpoints
 from jaxnas.io import writer as writer_lib
 from jaxnas.nn import losses
 from jaxnas.search import bilevel
@@ -28,6 +34,16 @@ from jaxnas.spaces.scnas import fixed_network
 from jaxnas.spaces.scnas import network
 
 
+@flax.struct.dataclass
+class RandomSearchState:
+    """What a checkpoint holds: the candidate in training, the best one so far, scores."""
+
+    step: Int[Array, ""]
+    train: fit.TrainState
+    best_params: dict  # Supernet params of the best-scoring candidate so far.
+    scores: Float[Array, "n"]  # Validation Dice per candidate, -1 until scored.
+
+
 def run(config: config_lib.Config, workdir: str) -> dict:
     start_wall = time.time()
     data = phases.load_training_data(config, workdir)
@@ -35,7 +51,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     alpha = [data.cases[i] for i in data.alpha_ids]
     s, num_classes = config.search, data.dataset.num_classes
     in_channels = len(data.dataset.modalities)
-    _, num_steps = common.budget(config, len(theta))
+    steps_per_epoch, num_steps = common.budget(config, len(theta))
     per_candidate = max(1, num_steps // s.num_candidates)
 
     impl = phases.resolve_impl(s.impl)
@@ -53,32 +69,53 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     score_fn = jax.jit(lambda p, b, c: common.patch_dice(apply(p, b["image"], c), b["label"]))
     val = common.val_batch(alpha, config)
     writer = writer_lib.MetricWriter(workdir)
+    seeds = [config.seed * 1000 + n for n in range(s.num_candidates)]
+    genotypes = [genotype_lib.random_genotype(seed) for seed in seeds]
+    indices = [genotype_lib.genotype_to_indices(g) for g in genotypes]
+    choices = [bilevel.choice_from_indices(i) for i in indices]
+
+    def candidate_state(n):
+        return fit.init_state(init(jax.random.fold_in(jax.random.key(config.seed), n)), tx)
+
+    def fresh_state():
+        first = candidate_state(0)
+        return RandomSearchState(step=jnp.asarray(0, jnp.int32), train=first,
+                                 best_params=jax.tree.map(jnp.copy, first.params),
+                                 scores=jnp.full((s.num_candidates,), -1.0, jnp.float32))
+
+    def iteration(state, step):
+        """A step of candidate step // per_candidate; its last step scores it."""
+        n = step // per_candidate
+        train = candidate_state(n) if step % per_candidate == 0 and step else state.train
+        train, m = step_fn(train, {**phases.step_batch(theta, config, step, 0),
+                                   "choice": choices[n]})
+        best_params, scores = state.best_params, state.scores
+        if (step + 1) % per_candidate == 0:
+            dice = float(np.mean(jax.device_get(score_fn(train.params, val, choices[n]))))
+            if dice > float(np.max(scores)):
+                best_params = jax.tree.map(jnp.copy, train.params)  # train is donated.
+            scores = scores.at[n].set(dice)
+            writer.write_scalars(step + 1, {"random/val_dice": dice})
+            logging.info("candidate %d/%d (seed %d): validation Dice %.4f", n + 1,
+                         s.num_candidates, seeds[n], dice)
+        return RandomSearchState(step=state.step + 1, train=train, best_params=best_params,
+                                 scores=scores), m
+
     logging.info("random search: %d candidates x %d steps, patch %s, width %d",
                  s.num_candidates, per_candidate, config.data.patch_size, s.width)
-
-    best, scores, step = None, [], 0
-    for n in range(s.num_candidates):
-        seed = config.seed * 1000 + n
-        genotype = genotype_lib.random_genotype(seed)
-        index = genotype_lib.genotype_to_indices(genotype)
-        choice = bilevel.choice_from_indices(index)
-        state = fit.init_state(init(jax.random.fold_in(jax.random.key(config.seed), n)), tx)
-        tick = time.time()
-        for _ in range(per_candidate):
-            batch = {**phases.step_batch(theta, config, step, 0), "choice": choice}
-            state, m = step_fn(state, batch)
-            step += 1
-            if step % s.log_every == 0:
-                m = jax.device_get(m)
-                evaluation.check_finite(m, step, workdir)
-                writer.write_scalars(step, m)
-        dice = float(np.mean(jax.device_get(score_fn(state.params, val, choice))))
-        scores.append({"seed": seed, "val_dice": round(dice, 4)})
-        writer.write_scalars(step, {"random/val_dice": dice})
-        logging.info("candidate %d/%d (seed %d): validation Dice %.4f (%.1f s)", n + 1,
-                     s.num_candidates, seed, dice, time.time() - tick)
-        if best is None or dice > best[0]:
-            best = (dice, genotype, fixed_network.compact_from_supernet(state.params, index))
+    manager = checkpoints.make_manager(workdir)
+    state = checkpoints.restore_or_init(manager, fresh_state)
+    state = loop.run(state, schedule=loop.Schedule(per_candidate * s.num_candidates,
+                                                   steps_per_epoch, s.log_every,
+                                                   s.ckpt_every),
+                     step_fn=iteration, loss_key="train/loss", manager=manager,
+                     writer=writer, workdir=workdir, name="random")
+    step = int(state.step)
+    scores = [{"seed": seed, "val_dice": round(float(d), 4)}
+              for seed, d in zip(seeds, jax.device_get(state.scores))]
+    n = int(np.argmax(jax.device_get(state.scores)))
+    best = (float(state.scores[n]), genotypes[n],
+            fixed_network.compact_from_supernet(state.best_params, indices[n]))
     search_seconds = time.time() - start_wall
 
     dice, genotype, params = best

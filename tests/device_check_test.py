@@ -1,0 +1,47 @@
+"""experiments/device_check.py at the CPU size: every stage reports numbers, the smoke
+search writes every output, and the JSON is written."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class DeviceCheckTest(absltest.TestCase):
+
+    def test_cpu_size_runs_every_cpu_stage(self):
+        out = os.path.join(self.create_tempdir().full_path, "device_check.json")
+        run = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "experiments", "device_check.py"),
+             "--size=16", "--width=4", "--volume=24", "--smoke_size=16",
+             "--stages=env,scnas_fast,sliding,smoke", "--limit_scale=6", f"--out={out}"],
+            capture_output=True, text=True, timeout=900)
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        with open(out) as f:
+            stages = json.load(f)["stages"]
+        for name in ("env", "scnas_fast", "sliding", "smoke"):
+            self.assertEqual(stages[name]["status"], "ok", (name, stages[name]))
+        self.assertEqual(stages["env"]["backend"], "cpu")
+        self.assertFalse(stages["env"]["cuda_install_ok"])
+        self.assertGreater(stages["scnas_fast"]["iteration_s"], 0)
+        self.assertGreater(stages["scnas_fast"]["peak_bytes"], 0)
+        self.assertEqual(stages["sliding"]["output_shape"], [24, 24, 24, 4])
+        self.assertEqual(stages["sliding"]["windows"], 8)
+        self.assertTrue(stages["smoke"]["ok"], stages["smoke"])
+        self.assertGreater(stages["smoke"]["event_files"], 0)
+
+    def test_unknown_stage_is_one_line(self):
+        run = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "experiments", "device_check.py"),
+             "--stages=env,warp", f"--out={self.create_tempdir().full_path}/x.json"],
+            capture_output=True, text=True, timeout=300)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("unknown stage 'warp'", run.stderr)
+
+
+if __name__ == "__main__":
+    absltest.main()
