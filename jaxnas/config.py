@@ -217,9 +217,6 @@ def validate(config: Config) -> None:
                          f"got {s.width} x {s.node_scale} = {node:g}")
     if a.startswith("random:") and not a[len("random:"):].isdigit():
         raise ValueError(f"--architecture={a}: the seed after random: must be an integer")
-    if s.mesh and searching and s.strategy in ("random", "ronasmis", "c2fnas"):
-        raise ValueError(f"--mesh is not supported with --strategy={s.strategy} yet "
-                         "(scnas, gdas, darts and --mode=train run sharded)")
     if s.mesh:
         # Imported here only: config.py stays free of jax for every run without a mesh.
         from jaxnas import sharding

@@ -138,8 +138,9 @@ def put_replicated(tree, mesh: Mesh):
 def shard_step(step_fn, mesh: Mesh, *, has_key: bool = True):
     """`jax.jit` of `(state, batch[, key]) -> (state, metrics)` over `mesh`, state donated.
 
-    State, key and metrics are replicated, the batch split by `batch_sharding`. Without
-    a key (`has_key=False`) the step is `(state, batch) -> (state, metrics)`.
+    State, key and metrics are replicated, the batch split by `batch_sharding`. The third
+    argument may be any replicated pytree (a PRNG key, or a strategy's sampled choice).
+    Without it (`has_key=False`) the step is `(state, batch) -> (state, metrics)`.
     """
     rep = replicated(mesh)
     in_shardings = (rep, batch_sharding(mesh)) + ((rep,) if has_key else ())

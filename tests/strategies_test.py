@@ -245,5 +245,48 @@ class StrategiesKillResumeTest(absltest.TestCase):
         self._check("c2fnas", "--num_topologies=4", "--num_groups=2", "--width=2")
 
 
+@unittest.skipUnless(SLOW, "set JAXNAS_SLOW_TESTS=1 (CI does) for the sharded CLI runs")
+class StrategiesMeshTest(absltest.TestCase):
+    """Each sample-and-score strategy with --mesh=data:2 on 2 simulated CPU devices ends
+    where the same run on one device does (the genotype, params to float tolerance)."""
+
+    def _check(self, strategy, *flags):
+        import jax
+
+        data_dir = self.create_tempdir().full_path
+        fixtures.write_tiny_msd(data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
+        env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        finals = []
+        for mesh in ("", "data:2"):
+            workdir = self.create_tempdir().full_path
+            run = subprocess.run(
+                [sys.executable, "-m", "jaxnas.main", "--flagfile=tiny.flags",
+                 f"--data_dir={data_dir}", f"--workdir={workdir}",
+                 f"--cache_dir={data_dir}_cache", "--num_folds=3", "--batch_size=2",
+                 f"--strategy={strategy}", f"--mesh={mesh}", *flags],
+                cwd=os.path.join(ROOT, "experiments"), env=env, capture_output=True,
+                text=True, timeout=900)
+            self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+            with open(os.path.join(workdir, "genotype.json")) as f:
+                genotype = json.load(f)
+            # Loaded here, on one device: a mesh run's model must not need its mesh.
+            finals.append((genotype, artifacts.load(workdir, impl="fast")[1]))
+        (g1, p1), (g2, p2) = finals
+        self.assertEqual({k: v for k, v in g1.items() if k != "extra"},
+                         {k: v for k, v in g2.items() if k != "extra"})
+        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3)
+
+    def test_random(self):
+        self._check("random", "--num_candidates=2", "--width=4")
+
+    def test_ronasmis(self):
+        self._check("ronasmis", "--num_children=2", "--width=2")
+
+    def test_c2fnas(self):
+        self._check("c2fnas", "--num_topologies=4", "--num_groups=2", "--width=2")
+
+
 if __name__ == "__main__":
     absltest.main()

@@ -11,6 +11,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxnas import config as config_lib
@@ -34,10 +35,18 @@ def make_plan(config: config_lib.Config, *, spacing, num_channels: int, labels: 
     }
 
 
+def _host_copy(x):
+    """A params leaf as one host array: a mesh run's replicated params are saved without
+    their device layout, so predict loads them on any device count."""
+    if isinstance(x, jax.Array) and x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 def save(workdir: str, description: dict, params, plan: dict) -> None:
     path = os.path.join(os.path.abspath(workdir), "final")
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path, params, force=True)
+    checkpointer.save(path, jax.tree.map(_host_copy, params), force=True)
     checkpointer.wait_until_finished()
     fileio.write_json(os.path.join(workdir, "plan.json"), plan)
     fileio.write_json(os.path.join(workdir, "model.json"), description)  # Last: complete.
@@ -56,6 +65,8 @@ def load(workdir: str, *, impl: str):
     with open(paths[1]) as f:
         plan = json.load(f)
     model = models.build(description, impl=impl)
-    abstract = jax.eval_shape(model.init, jax.random.key(0))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                            jax.eval_shape(model.init, jax.random.key(0)))
     params = ocp.StandardCheckpointer().restore(os.path.abspath(paths[2]), abstract)
     return model, params, plan, description

@@ -35,6 +35,7 @@ from jaxnas import config as config_lib
 from jaxnas import fit
 from jaxnas import loop
 from jaxnas import phases
+from jaxnas import sharding
 from jaxnas.io import checkpoints
 from jaxnas.io import writer as writer_lib
 from jaxnas.nn import losses
@@ -83,8 +84,12 @@ def run(config: config_lib.Config, workdir: str) -> dict:
 
     tx_w, tx_a = bilevel.make_optimizers(lr_w=s.lr_w, betas_w=s.betas_w, lr_a=s.lr_a,
                                         betas_a=s.betas_a)
-    step_fn = jax.jit(functools.partial(fit.train_step, loss_fn=loss_fn, tx=tx_w),
-                      donate_argnums=0)
+    mesh = sharding.mesh_from_spec(s.mesh)
+    put_state, put = sharding.placers(mesh)
+    # Topology and op weights are the step's third (replicated) argument.
+    step_fn = sharding.compile_step(
+        lambda state, batch, arch_in: fit.train_step(state, {**batch, **arch_in},
+                                                     loss_fn=loss_fn, tx=tx_w), mesh)
     score_fn = jax.jit(lambda p, b, t, w: common.patch_dice(apply(p, b["image"], t, w),
                                                             b["label"]))
     alpha_fn = jax.jit(functools.partial(_alpha_step, loss_fn=loss_fn, tx=tx_a))
@@ -98,9 +103,9 @@ def run(config: config_lib.Config, workdir: str) -> dict:
                  per_group, fine_steps, config.data.patch_size, s.width)
 
     def group_state(g):
-        return fit.init_state(c2fnas.init_supernet(
+        return put_state(fit.init_state(c2fnas.init_supernet(
             jax.random.fold_in(key, g), in_channels=in_channels, num_classes=num_classes,
-            width=s.width), tx_w)
+            width=s.width), tx_w))
 
     def fresh_state():
         first = group_state(0)
@@ -118,8 +123,8 @@ def run(config: config_lib.Config, workdir: str) -> dict:
         g = step // per_group
         train = group_state(g) if step % per_group == 0 and step else state.train
         draw = np.random.default_rng((config.seed, 1, step)).integers(len(members[g]))
-        train, m = step_fn(train, {**phases.step_batch(theta, config, step, 0),
-                                   "topology": members[g][draw], "op_weights": uniform})
+        train, m = step_fn(train, put(phases.step_batch(theta, config, step, 0)), put_state(
+            {"topology": members[g][draw], "op_weights": uniform}))
         state = state.replace(step=state.step + 1, train=train)
         if (step + 1) % per_group:
             return state, m
@@ -144,9 +149,8 @@ def run(config: config_lib.Config, workdir: str) -> dict:
         # The winning group's state goes on (a copy: the step donates its input).
         train = jax.tree.map(jnp.copy, state.best) if step == coarse_steps else state.train
         topology = state.best_topology
-        train, m = step_fn(train, {**phases.step_batch(theta, config, step, 0),
-                                   "topology": topology,
-                                   "op_weights": jax.nn.softmax(state.arch, -1)})
+        train, m = step_fn(train, put(phases.step_batch(theta, config, step, 0)), {
+            "topology": topology, "op_weights": jax.nn.softmax(state.arch, -1)})
         batch = {**phases.step_batch(alpha, config, step, 1), "topology": topology}
         arch, opt_a, loss_a = alpha_fn(state.arch, state.opt_a, train.params, batch)
         m = {**m, "train/loss_a": loss_a, "arch/entropy": jnp.mean(bilevel.arch_entropy(arch))}
@@ -156,7 +160,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
         return (coarse_step if step < coarse_steps else fine_step)(state, step)
 
     manager = checkpoints.make_manager(workdir)
-    state = checkpoints.restore_or_init(manager, fresh_state)
+    state = put_state(checkpoints.restore_or_init(manager, fresh_state))
     state = loop.run(state, schedule=loop.Schedule(coarse_steps + fine_steps, steps_per_epoch,
                                                    s.log_every, s.ckpt_every),
                      step_fn=iteration, loss_key="train/loss", manager=manager,

@@ -24,6 +24,7 @@ from jaxnas import config as config_lib
 from jaxnas import fit
 from jaxnas import loop
 from jaxnas import phases
+from jaxnas import sharding
 from jaxnas.io import checkpoints
 from jaxnas.io import writer as writer_lib
 from jaxnas.nn import losses
@@ -60,22 +61,27 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     apply = functools.partial(network.apply_network, impl=impl)
     dice_ce = functools.partial(losses.dice_ce, num_classes=num_classes, ce_weight=s.ce_weight)
 
-    def loss_fn(params, batch):  # The candidate's choice travels with its batch.
+    def loss_fn(params, batch):
         return dice_ce(apply(params, batch["image"], batch["choice"]), batch["label"])
 
     tx = fit.make_optimizer(s.lr_w, s.betas_w)
-    step_fn = jax.jit(functools.partial(fit.train_step, loss_fn=loss_fn, tx=tx),
-                      donate_argnums=0)
+    mesh = sharding.mesh_from_spec(s.mesh)
+    put_state, put = sharding.placers(mesh)
+    # The candidate's choice is the step's third (replicated) argument.
+    step_fn = sharding.compile_step(
+        lambda state, batch, choice: fit.train_step(state, {**batch, "choice": choice},
+                                                    loss_fn=loss_fn, tx=tx), mesh)
     score_fn = jax.jit(lambda p, b, c: common.patch_dice(apply(p, b["image"], c), b["label"]))
     val = common.val_batch(alpha, config)
     writer = writer_lib.MetricWriter(workdir)
     seeds = [config.seed * 1000 + n for n in range(s.num_candidates)]
     genotypes = [genotype_lib.random_genotype(seed) for seed in seeds]
     indices = [genotype_lib.genotype_to_indices(g) for g in genotypes]
-    choices = [bilevel.choice_from_indices(i) for i in indices]
+    choices = [put_state(bilevel.choice_from_indices(i)) for i in indices]
 
     def candidate_state(n):
-        return fit.init_state(init(jax.random.fold_in(jax.random.key(config.seed), n)), tx)
+        return put_state(fit.init_state(
+            init(jax.random.fold_in(jax.random.key(config.seed), n)), tx))
 
     def fresh_state():
         first = candidate_state(0)
@@ -87,8 +93,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
         """A step of candidate step // per_candidate; its last step scores it."""
         n = step // per_candidate
         train = candidate_state(n) if step % per_candidate == 0 and step else state.train
-        train, m = step_fn(train, {**phases.step_batch(theta, config, step, 0),
-                                   "choice": choices[n]})
+        train, m = step_fn(train, put(phases.step_batch(theta, config, step, 0)), choices[n])
         best_params, scores = state.best_params, state.scores
         if (step + 1) % per_candidate == 0:
             dice = float(np.mean(jax.device_get(score_fn(train.params, val, choices[n]))))
@@ -104,7 +109,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     logging.info("random search: %d candidates x %d steps, patch %s, width %d",
                  s.num_candidates, per_candidate, config.data.patch_size, s.width)
     manager = checkpoints.make_manager(workdir)
-    state = checkpoints.restore_or_init(manager, fresh_state)
+    state = put_state(checkpoints.restore_or_init(manager, fresh_state))
     state = loop.run(state, schedule=loop.Schedule(per_candidate * s.num_candidates,
                                                    steps_per_epoch, s.log_every,
                                                    s.ckpt_every),

@@ -30,6 +30,7 @@ from jaxnas import config as config_lib
 from jaxnas import fit
 from jaxnas import loop
 from jaxnas import phases
+from jaxnas import sharding
 from jaxnas.io import checkpoints
 from jaxnas.io import writer as writer_lib
 from jaxnas.search import controller
@@ -60,13 +61,17 @@ def run(config: config_lib.Config, workdir: str) -> dict:
     impl = phases.resolve_impl(s.impl)
     vocab = ronasmis.VOCAB_SIZES
 
-    def loss_fn(params, batch):  # The child's choice travels with its batch.
+    def loss_fn(params, batch):
         return ronasmis.ds_loss(params, batch, batch["choice"], num_classes=num_classes,
                                 ce_weight=s.ce_weight, impl=impl)
 
     tx_w = fit.make_optimizer(s.lr_w, s.betas_w)
-    step_fn = jax.jit(functools.partial(fit.train_step, loss_fn=loss_fn, tx=tx_w),
-                      donate_argnums=0)
+    mesh = sharding.mesh_from_spec(s.mesh)
+    put_state, put = sharding.placers(mesh)
+    # The child's choice is the step's third (replicated) argument.
+    step_fn = sharding.compile_step(
+        lambda state, batch, choice: fit.train_step(state, {**batch, "choice": choice},
+                                                    loss_fn=loss_fn, tx=tx_w), mesh)
     score_fn = jax.jit(lambda p, b, c: common.patch_dice(
         ronasmis.apply_network(p, b["image"], c, impl=impl), b["label"]))
     sample = functools.partial(controller.sample, vocab_sizes=vocab, hidden=HIDDEN)
@@ -97,9 +102,8 @@ def run(config: config_lib.Config, workdir: str) -> dict:
         """One shared-weights step of a sampled child; at an epoch's end (after the
         warm-up epochs) one REINFORCE step of the controller on num_children children."""
         key = jax.random.fold_in(key_loop, step)
-        child = sample_one(state.ctrl.params, key)
-        train, m = step_fn(state.train, {**phases.step_batch(theta, config, step, 0),
-                                         "choice": child})
+        child = put_state(sample_one(state.ctrl.params, key))
+        train, m = step_fn(state.train, put(phases.step_batch(theta, config, step, 0)), child)
         ctrl, done = state.ctrl, step + 1
         if done % steps_per_epoch == 0 and done // steps_per_epoch > s.warmup_epochs:
             children = sample_many(ctrl.params, jax.random.split(key, s.num_children))
@@ -115,7 +119,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
                  "patch %s, width %d", num_steps, s.num_epochs, steps_per_epoch,
                  s.num_children, config.data.patch_size, s.width)
     manager = checkpoints.make_manager(workdir)
-    state = checkpoints.restore_or_init(manager, fresh_state)
+    state = put_state(checkpoints.restore_or_init(manager, fresh_state))
     state = loop.run(state, schedule=loop.Schedule(num_steps, steps_per_epoch, s.log_every,
                                                    s.ckpt_every),
                      step_fn=iteration, loss_key="train/loss", manager=manager,
