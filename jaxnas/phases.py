@@ -95,17 +95,22 @@ def planned_config(config: config_lib.Config, data: TrainingData,
     return config
 
 
+def _budget(workdir: str) -> tuple[str, dict]:
+    """(path, stored counts) of `<workdir>/budget.json`; {} before the first count."""
+    path = os.path.join(workdir, "budget.json")
+    if not os.path.exists(path):
+        return path, {}
+    with open(path) as f:
+        return path, json.load(f)
+
+
 def budget_steps(workdir: str, phase: str, compute_fn) -> int:
     """A phase's planned step count: read from `<workdir>/budget.json`, else computed once.
 
     compute_fn() -> int runs only on the first run; a resumed run reads the stored count,
     so it replays exactly the same schedule (DESIGN.md section 10).
     """
-    path = os.path.join(workdir, "budget.json")
-    stored = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
+    path, stored = _budget(workdir)
     if phase not in stored:
         stored[phase] = int(compute_fn())
         fileio.write_json(path, stored)
@@ -114,9 +119,7 @@ def budget_steps(workdir: str, phase: str, compute_fn) -> int:
 
 def store_resized_steps(workdir: str, phase: str, num_steps: int) -> None:
     """Replaces a phase's planned count by the one its own first steps measured, once."""
-    path = os.path.join(workdir, "budget.json")
-    with open(path) as f:
-        stored = json.load(f)
+    path, stored = _budget(workdir)
     stored[phase] = int(num_steps)
     stored["resized"] = sorted(set(stored.get("resized", [])) | {phase})
     fileio.write_json(path, stored)
@@ -124,11 +127,7 @@ def store_resized_steps(workdir: str, phase: str, num_steps: int) -> None:
 
 def budget_resized(workdir: str, phase: str) -> bool:
     """Whether a phase's count was already re-set from its steps (a resume keeps it)."""
-    path = os.path.join(workdir, "budget.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return phase in json.load(f).get("resized", [])
+    return phase in _budget(workdir)[1].get("resized", [])
 
 
 def resolve_impl(impl: str) -> str:
