@@ -36,8 +36,8 @@ sys.path.insert(0, ROOT)
 
 from jaxnas.io import fileio  # noqa: E402  (plain Python: the parent never loads jax)
 STAGES = ("env", "scnas_fast", "scnas_xla", "darts_fast", "darts_xla", "sliding", "smoke")
-LIMITS = {"env": 60, "scnas_fast": 45, "scnas_xla": 45, "darts_fast": 45, "darts_xla": 45,
-          "sliding": 40, "smoke": 90}  # Seconds; 4 min 30 s in all at most.
+LIMITS = {"env": 20, "scnas_fast": 40, "scnas_xla": 40, "darts_fast": 35, "darts_xla": 35,
+          "sliding": 30, "smoke": 40}  # Seconds, compile included: 4 min in all at most.
 OUTPUTS = ("genotype.json", "summary.json", "model.json", "plan.json", "final")
 
 
