@@ -57,8 +57,9 @@ def stage_env(args):
 
     import jax
 
-    plugins = [p for p in ("jax_cuda12_plugin", "jax_cuda13_plugin")
-               if importlib.util.find_spec(p) is not None]
+    from jaxnas import main as jaxnas_main
+
+    plugins = [p for p in jaxnas_main.GPU_PLUGINS if importlib.util.find_spec(p) is not None]
     return {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "cuda_plugins": plugins,
             "cuda_install_ok": bool(plugins) and jax.default_backend() == "gpu"}
@@ -109,9 +110,10 @@ def stage_sliding(args):
 
     from jaxnas import inference
     from jaxnas import models
+    from jaxnas import phases
 
     desc = models.describe("random:0", in_channels=4, num_classes=4, width=args.width)
-    model = models.build(desc, impl=_impl_auto())
+    model = models.build(desc, impl=phases.resolve_impl("auto"))
     params = model.init(jax.random.key(0))
     predict = models.probabilities_fn(model, params)
     volume = np.random.default_rng(0).normal(size=(args.volume,) * 3 + (4,)).astype(np.float32)
@@ -123,12 +125,6 @@ def stage_sliding(args):
     return {"volume": args.volume, "window": args.size, "seconds_with_compile": round(seconds, 2),
             "windows": len(inference.window_starts(volume.shape[:3], window, 0.5)),
             "output_shape": list(scores.shape), "peak_bytes": _peak_bytes()}
-
-
-def _impl_auto():
-    import jax
-
-    return "fast" if jax.default_backend() == "cpu" else "xla"
 
 
 def stage_smoke(args):

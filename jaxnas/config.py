@@ -208,8 +208,6 @@ def validate(config: Config) -> None:
     scnas_cells = (space is not None and registry.get(space).has_cells) or (
         searching and s.strategy in ("scnas", "gdas", "darts", "random"))
     node = s.width * s.node_scale
-    if not s.node_scale > 0:
-        raise ValueError(f"--node_scale must be > 0, got {s.node_scale}")
     if scnas_cells and not (node >= 1 and node == int(node)):
         # Only SCNAS cells have nodes; ronasmis, c2fnas and uresnet ignore --node_scale.
         raise ValueError(f"--width times --node_scale must be a whole number of SCNAS cell "
@@ -231,7 +229,8 @@ def _check_ranges(config: Config) -> None:
     """Numeric settings outside the range where they mean anything: one line per flag."""
     s, d = config.search, config.data
     positive = {"lr_w": s.lr_w, "lr_a": s.lr_a, "tau_min": s.tau_min,
-                "lr_controller": s.lr_controller, "log_every": s.log_every,
+                "node_scale": s.node_scale, "lr_controller": s.lr_controller,
+                "log_every": s.log_every,
                 "ckpt_every": s.ckpt_every, "eval_batch_size": config.eval.batch_size}
     for name, value in positive.items():
         if not value > 0:

@@ -85,9 +85,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     else:
         schedule_fn = bilevel.paper_schedule(
             bilevel.make_tau_fn(steps_per_epoch, rate=s.tau_rate, tau_min=s.tau_min))
-    step_w, step_a = bilevel.make_steps(apply_fn=apply_fn, loss_fn=losses.from_settings(s, num_classes),
-                                       tx_w=tx_w, tx_a=tx_a, schedule_fn=schedule_fn,
-                                       sample_fn=sample_fn)
+    step_w, step_a = bilevel.make_steps(
+        apply_fn=apply_fn, loss_fn=losses.from_settings(s, num_classes), tx_w=tx_w,
+        tx_a=tx_a, schedule_fn=schedule_fn, sample_fn=sample_fn)
     mesh = sharding.mesh_from_spec(s.mesh)
     step_w, step_a = sharding.compile_step(step_w, mesh), sharding.compile_step(step_a, mesh)
     plateau_fn = None
