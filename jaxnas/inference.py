@@ -12,7 +12,17 @@ import itertools
 import numpy as np
 from scipy import ndimage
 
-from jaxnas.data import patches
+
+def extract_patch(volume: np.ndarray, start, patch_size) -> np.ndarray:
+    """Crops `volume[start:start+patch]` over the 3 spatial axes, zero-padding outside."""
+    out = np.zeros(tuple(patch_size) + volume.shape[3:], dtype=volume.dtype)
+    src, dst = [], []
+    for s, p, n in zip(start, patch_size, volume.shape[:3]):
+        a, b = max(s, 0), min(s + p, n)
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
 
 
 def window_starts(shape, window, overlap: float = 0.5) -> list[tuple[int, ...]]:
@@ -80,7 +90,7 @@ def sliding_window_predict(predict_fn, volume: np.ndarray, *, window, num_classe
     starts = window_starts(shape, window, overlap)
     for i in range(0, len(starts), batch_size):
         group = starts[i:i + batch_size]
-        windows = [patches.extract_patch(volume, s, window) for s in group]
+        windows = [extract_patch(volume, s, window) for s in group]
         windows += [windows[0]] * (batch_size - len(group))  # Pad: one batch shape.
         scores = _predict_batch(predict_fn, np.stack(windows), flips)
         for start, score in zip(group, scores):

@@ -25,12 +25,14 @@ _S = config_lib.SearchConfig
 _E = config_lib.EvalConfig
 
 _MODE = flags.DEFINE_enum(
-    "mode", _C.mode, ["prepare", "search", "train", "evaluate", "predict"],
+    "mode", _C.mode, ["prepare", "search", "train", "evaluate", "predict", "export"],
     "prepare: validate, preprocess, cache, split and preview patches; "
     "search: --strategy search on --fold, derive the genotype, evaluate it on the fold; "
     "train: train --architecture from scratch on --fold and evaluate it; "
     "evaluate: k-fold cross-validation of the search (or of --architecture); "
-    "predict: label NIfTI files of --input into --output with the model of --workdir.")
+    "predict: label NIfTI files of --input into --output with the model of --workdir; "
+    "export: the model of --workdir as a folder --output that runs without jaxnas "
+    "(jax.export StableHLO program, plan.json, predict.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder that receives every output.",
                                required=True)
 flags.DEFINE_string("data_dir", _D.data_dir, "MSD task folder holding dataset.json.")
@@ -56,7 +58,8 @@ flags.DEFINE_string("architecture", _C.architecture,
                     "another: transfer), uresnet (3D U-ResNet baseline) or random[:SEED].")
 _INPUT = flags.DEFINE_string("input", "", "predict: a NIfTI file or a folder of them (MSD "
                              "4D files or nnU-Net-style CASE_0000.nii.gz channel files).")
-_OUTPUT = flags.DEFINE_string("output", "", "predict: folder for <case>.nii.gz label maps.")
+_OUTPUT = flags.DEFINE_string("output", "", "predict: folder for <case>.nii.gz label maps; "
+                               "export: a new folder for the exported model.")
 _LABELS = flags.DEFINE_string("labels", "", "predict: ground-truth label file or folder, "
                               "drawn in the pictures with Dice in the log (optional).")
 _SAVE_PROBS = flags.DEFINE_bool("save_probabilities", False,
@@ -239,11 +242,16 @@ def main(argv):
     user_set = tuple(sorted(n for n in planner.FIELDS if flags.FLAGS[n].present))
     config = config_lib.from_flags(_WithUserSet(flags.FLAGS, user_set))
     workdir = _WORKDIR.value
-    if config.mode == "predict":
+    if config.mode in ("predict", "export"):
         # The work dir holds a finished run: its config stays as it is.
         _use_jit_cache()
         try:
-            _predict(workdir, config.search.impl)
+            if config.mode == "predict":
+                _predict(workdir, config.search.impl)
+            else:
+                from jaxnas.modes import export
+
+                export.run(workdir, _OUTPUT.value, config.search.impl)
         except (ValueError, msd.DataError) as e:
             _fail(str(e))
         return

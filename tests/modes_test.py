@@ -17,6 +17,7 @@ from jaxnas import config as config_lib
 from jaxnas import models
 from jaxnas.io import artifacts
 from jaxnas.modes import evaluate as evaluate_mode
+from jaxnas.modes import predict as predict_mode
 from jaxnas.modes import train as train_mode
 from jaxnas.spaces import genotype as genotype_lib
 from jaxnas.spaces.scnas import network
@@ -155,6 +156,46 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         self.assertNotEqual(again.returncode, 0)
         self.assertIn("case_000.nii.gz", again.stderr.strip().splitlines()[-1])
+
+    def test_export_runs_without_jaxnas_and_matches_predict(self):
+        fold_dir = os.path.join(self.workdir, "fold_0")
+        out = os.path.join(self.tmp, "exported")
+        cmd = [sys.executable, "-m", "jaxnas.main", "--mode=export", f"--workdir={fold_dir}",
+               f"--output={out}"]
+        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        for name in ("model.jaxexport", "plan.json", "predict.py", "README.md",
+                     "runtime/prediction.py", "runtime/inference.py"):
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        source = os.path.join(self.data_dir, "imagesTr", "case_001.nii.gz")
+        model, params, plan, _ = artifacts.load(fold_dir, impl="fast")
+        predicted = os.path.join(self.tmp, "pred_for_export")
+        predict_mode.predict_files(models.probabilities_fn(model, params), source, predicted,
+                                   plan)
+        # The runner in a process where any import of jaxnas fails.
+        target = os.path.join(self.tmp, "exported_labels.nii.gz")
+        blocked = (
+            "import sys, runpy\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'jaxnas':\n"
+            "            raise ImportError('jaxnas is not importable here')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"sys.argv = ['predict.py', {source!r}, {target!r}]\n"
+            "runpy.run_path('predict.py', run_name='__main__')\n")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        run = subprocess.run([sys.executable, "-c", blocked], cwd=out, env=env,
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        expected = np.asarray(nib.load(os.path.join(predicted, "case_001.nii.gz")).dataobj)
+        got = nib.load(target)
+        np.testing.assert_array_equal(np.asarray(got.dataobj), expected)
+        np.testing.assert_array_equal(got.affine, nib.load(source).affine)
+        self.assertGreater(len(np.unique(expected)), 1)  # Not a trivial all-one-class map.
+        # A second export into the same folder is refused with one line naming it.
+        again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn(out, again.stderr.strip().splitlines()[-1])
 
     def test_predict_needs_a_finished_run(self):
         cmd = [sys.executable, "-m", "jaxnas.main", "--mode=predict",

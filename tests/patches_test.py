@@ -7,6 +7,7 @@ import types
 import numpy as np
 from absl.testing import absltest
 
+from jaxnas import inference
 from jaxnas.data import msd
 from jaxnas.data import patches
 
@@ -82,14 +83,14 @@ class PatchTest(absltest.TestCase):
         case, start = cases[0], np.array([3, 4, 5])
         image, label = patches.resample_patch(case.image, case.label, start, (12, 10, 8),
                                               np.eye(3))
-        np.testing.assert_allclose(image, patches.extract_patch(case.image, start, (12, 10, 8)),
+        np.testing.assert_allclose(image, inference.extract_patch(case.image, start, (12, 10, 8)),
                                    atol=1e-5)
-        np.testing.assert_array_equal(label, patches.extract_patch(case.label, start,
+        np.testing.assert_array_equal(label, inference.extract_patch(case.label, start,
                                                                    (12, 10, 8)))
         # A 90-degree turn about z maps the crop onto itself turned (square x-y patch).
         turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
         image, _ = patches.resample_patch(case.image, case.label, start, (10, 10, 8), turn)
-        crop = patches.extract_patch(case.image, start, (10, 10, 8))
+        crop = inference.extract_patch(case.image, start, (10, 10, 8))
         np.testing.assert_allclose(image, np.rot90(crop, k=-1, axes=(0, 1)), atol=1e-5)
 
     def test_foreground_rate(self):
@@ -131,7 +132,7 @@ class PatchTest(absltest.TestCase):
 
     def test_extract_patch_matches_slicing(self):
         volume = np.arange(10 * 9 * 8).reshape(10, 9, 8)
-        np.testing.assert_array_equal(patches.extract_patch(volume, (2, 1, 0), (4, 4, 4)),
+        np.testing.assert_array_equal(inference.extract_patch(volume, (2, 1, 0), (4, 4, 4)),
                                       volume[2:6, 1:5, 0:4])
 
 

@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 from absl.testing import absltest
 
+from jaxnas import prediction
 from jaxnas.data import preprocess
 from jaxnas.data.msd import DataError
 from jaxnas.io import pictures
@@ -94,7 +95,7 @@ class PureCoreTest(absltest.TestCase):
         image = image[..., None]
         want_image, _, want_meta = preprocess.preprocess_case(image, label, SPACING,
                                                               PLAN["target_spacing"])
-        got_image, got_meta = predict.preprocess_for_inference(image, SPACING, PLAN)
+        got_image, got_meta = prediction.preprocess_for_inference(image, SPACING, PLAN)
         np.testing.assert_array_equal(got_image, want_image)
         self.assertEqual(got_meta, dict(want_meta, original_shape=list(SHAPE)))
 
@@ -104,10 +105,10 @@ class PureCoreTest(absltest.TestCase):
         _, label_pp, meta = preprocess.preprocess_case(image[..., None], label, SPACING,
                                                        SPACING)
         meta["original_shape"] = list(SHAPE)
-        probs = predict.restore_to_original(one_hot(label_pp, 3), meta)
+        probs = prediction.restore_to_original(one_hot(label_pp, 3), meta)
         np.testing.assert_array_equal(probs.argmax(-1), label)
         fn = threshold_predictor(image[..., None], label, plan)
-        labels, _ = predict.predict_case(fn, image[..., None], SPACING, plan)
+        labels, _ = prediction.predict_case(fn, image[..., None], SPACING, plan)
         np.testing.assert_array_equal(labels, label)
 
     def test_restore_undoes_crop_and_resampling(self):
@@ -116,7 +117,7 @@ class PureCoreTest(absltest.TestCase):
                                                        PLAN["target_spacing"])
         self.assertNotEqual(meta["shape"], meta["cropped_shape"])
         meta["original_shape"] = list(SHAPE)
-        restored = predict.restore_to_original(one_hot(label_pp, 3), meta).argmax(-1)
+        restored = prediction.restore_to_original(one_hot(label_pp, 3), meta).argmax(-1)
         self.assertEqual(restored.shape, SHAPE)
         self.assertGreater(dice(restored > 0, label > 0), 0.95)
         for k in (1, 2):
@@ -126,7 +127,7 @@ class PureCoreTest(absltest.TestCase):
         image, label = make_case()
         fn = threshold_predictor(image[..., None], label, PLAN)
         for mirror in (False, True):
-            labels, probs = predict.predict_case(fn, image[..., None], SPACING,
+            labels, probs = prediction.predict_case(fn, image[..., None], SPACING,
                                                  dict(PLAN, mirror=mirror))
             self.assertEqual(labels.shape, SHAPE)
             self.assertEqual(labels.dtype, np.uint8)
@@ -151,7 +152,7 @@ class PureCoreTest(absltest.TestCase):
 
     def test_plan_errors(self):
         with self.assertRaisesRegex(DataError, "patch_size"):
-            predict.check_plan({k: v for k, v in PLAN.items() if k != "patch_size"})
+            prediction.check_plan({k: v for k, v in PLAN.items() if k != "patch_size"})
 
 
 class FilesTest(absltest.TestCase):

@@ -18,12 +18,10 @@ import zlib
 import nibabel as nib
 import numpy as np
 
+from jaxnas.errors import DataError  # Raised here; callers catch it as msd.DataError.
+
 # Voxel-to-world matrices of an image and its label may differ by rounding only.
 _AFFINE_ATOL = 1e-3
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from jaxnas import inference
 from jaxnas.data import msd
 
 
@@ -25,18 +26,6 @@ def _patch_start(rng, shape, patch_size, center=None) -> np.ndarray:
     if center is None:
         return np.array([rng.integers(lo, hi + 1) for lo, hi in zip(low, high)])
     return np.clip(np.asarray(center) - patch // 2, low, high)
-
-
-def extract_patch(volume: np.ndarray, start, patch_size) -> np.ndarray:
-    """Crops `volume[start:start+patch]` over the 3 spatial axes, zero-padding outside."""
-    out = np.zeros(tuple(patch_size) + volume.shape[3:], dtype=volume.dtype)
-    src, dst = [], []
-    for s, p, n in zip(start, patch_size, volume.shape[:3]):
-        a, b = max(s, 0), min(s + p, n)
-        src.append(slice(a, b))
-        dst.append(slice(a - s, b - s))
-    out[tuple(dst)] = volume[tuple(src)]
-    return out
 
 
 def sample_patch(rng, image, label, fg_locations, patch_size, foreground: bool,
@@ -56,7 +45,8 @@ def sample_patch(rng, image, label, fg_locations, patch_size, foreground: bool,
     start = _patch_start(rng, label.shape, patch_size, center)
     matrix = spatial_transform(rng) if spatial else None
     if matrix is None:
-        return extract_patch(image, start, patch_size), extract_patch(label, start, patch_size)
+        return (inference.extract_patch(image, start, patch_size),
+                inference.extract_patch(label, start, patch_size))
     return resample_patch(image, label, start, patch_size, matrix)
 
 

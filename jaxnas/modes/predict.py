@@ -4,16 +4,13 @@ PATH is one NIfTI file or a folder of them. Several modalities come either as on
 (last axis = modality, as in MSD) or as nnU-Net-style channel files `CASE_0000.nii.gz`,
 `CASE_0001.nii.gz`, ... grouped by the case prefix. Hidden files (`._x.nii.gz`) are skipped.
 
-Pure core (numpy in, numpy out): `preprocess_for_inference` (the training preprocessing:
-crop to nonzero, resample, z-score), `restore_to_original` (undo resampling and crop) and
-`predict_case` (both around `inference.sliding_window_predict`). Shell: `find_inputs` and
-`load_input` read and validate files, `predict_files` writes for each case
+The shell around the prediction core (prediction.py: preprocessing, sliding window, back
+onto the input grid): `find_inputs` and `load_input` read and validate files,
+`predict_files` writes for each case
 `DIR/<case>.nii.gz` (uint8 labels with the input's affine and header), optionally
 `<case>_probs.nii.gz` (float32 (x, y, z, k)) and `<case>.png`. Every problem is a
 `DataError` naming the file; existing outputs are never overwritten unless asked.
-
-`plan` is a dict: target_spacing, num_channels, num_classes, patch_size (required);
-image_order, overlap, gaussian, mirror, batch_size, labels ({"0": "background", ...}).
+`plan`: see prediction.py.
 """
 
 import dataclasses
@@ -23,12 +20,10 @@ import re
 
 import numpy as np
 from absl import logging
-from scipy import ndimage
 
-from jaxnas import inference
 from jaxnas import metrics
+from jaxnas import prediction
 from jaxnas.data import msd
-from jaxnas.data import preprocess
 from jaxnas.data.msd import DataError
 from jaxnas.io import fileio
 from jaxnas.io import pictures as pictures_lib
@@ -38,9 +33,6 @@ _NIFTI_ENDINGS = (".nii.gz", ".nii")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _AFFINE_ATOL = 1e-3  # As msd: channel files may differ by rounding only.
 
-_REQUIRED_PLAN_KEYS = ("target_spacing", "num_channels", "num_classes", "patch_size")
-PLAN_DEFAULTS = {"image_order": 3, "overlap": 0.5, "gaussian": True, "mirror": False,
-                 "batch_size": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,29 +219,9 @@ def load_input(files: list[str], num_channels: int) -> tuple[np.ndarray, InputIn
     return image.astype(np.float32, copy=False), info
 
 
-# ------------------------------------------------------------------------------------------
-# Pure core.
-
-
-def check_plan(plan: dict) -> dict:
-    """The plan with defaults filled in; DataError for a missing or bad required key."""
-    missing = [k for k in _REQUIRED_PLAN_KEYS if k not in plan]
-    if missing:
-        raise DataError(f"prediction plan lacks {missing}")
-    out = dict(PLAN_DEFAULTS, **plan)
-    if len(out["target_spacing"]) != 3 or min(out["target_spacing"]) <= 0:
-        raise DataError(f"prediction plan: bad target_spacing {out['target_spacing']}")
-    if len(out["patch_size"]) != 3 or min(out["patch_size"]) <= 0:
-        raise DataError(f"prediction plan: bad patch_size {out['patch_size']}")
-    if not 1 <= int(out["num_classes"]) <= 256:
-        raise DataError(f"prediction plan: num_classes {out['num_classes']} not in 1..256")
-    out.setdefault("labels", {str(k): str(k) for k in range(int(out["num_classes"]))})
-    return out
-
-
 def override_plan(plan: dict, overrides: dict) -> dict:
     """The plan with sliding-window settings replaced; ValueError naming a bad flag."""
-    plan = check_plan(plan)
+    plan = prediction.check_plan(plan)
     unknown = set(overrides) - {"overlap", "gaussian", "mirror", "batch_size"}
     if unknown:
         raise ValueError(f"cannot override plan keys {sorted(unknown)}")
@@ -258,59 +230,6 @@ def override_plan(plan: dict, overrides: dict) -> dict:
     if "batch_size" in overrides and overrides["batch_size"] < 1:
         raise ValueError(f"--eval_batch_size must be >= 1, got {overrides['batch_size']}")
     return {**plan, **overrides}
-
-
-def preprocess_for_inference(image: np.ndarray, spacing, plan: dict):
-    """Training's preprocessing of one image: (image_pp (X, Y, Z, c), meta to undo it)."""
-    plan = check_plan(plan)
-    if not np.any(image):
-        raise DataError("the image is all zero; there is nothing to segment")
-    return preprocess.preprocess_image(image, spacing, plan["target_spacing"],
-                                       image_order=int(plan["image_order"]))
-
-
-def restore_to_original(probs_pp: np.ndarray, meta: dict, *, order: int = 1) -> np.ndarray:
-    """Maps per-class scores (X, Y, Z, k) of the preprocessed grid onto the original grid.
-
-    Resamples to the cropped shape (order 1: linear, 0: nearest; cell-aligned like the
-    forward resampling), renormalises to sum 1, and puts the result into the crop box of an
-    (x, y, z, k) volume that is background (class 0 probability 1) elsewhere.
-    """
-    if tuple(probs_pp.shape[:3]) != tuple(meta["shape"]):
-        raise ValueError(f"scores of shape {probs_pp.shape[:3]}, the preprocessed image had "
-                         f"{tuple(meta['shape'])}")
-    cropped = tuple(int(n) for n in meta["cropped_shape"])
-    k = probs_pp.shape[-1]
-    if tuple(probs_pp.shape[:3]) == cropped:
-        restored = np.asarray(probs_pp, np.float32)
-    else:
-        factors = [n / o for n, o in zip(cropped, probs_pp.shape[:3])]
-        restored = np.stack([ndimage.zoom(np.asarray(probs_pp[..., c], np.float32), factors,
-                                          order=order, mode="nearest", grid_mode=True)
-                             for c in range(k)], axis=-1)
-        total = restored.sum(-1, keepdims=True)
-        restored = np.where(total > 0, restored / np.maximum(total, 1e-12), 1.0 / k)
-    out = np.zeros(tuple(int(n) for n in meta["original_shape"]) + (k,), np.float32)
-    out[..., 0] = 1.0
-    out[tuple(slice(a, b) for a, b in meta["crop_box"])] = restored
-    return out
-
-
-def predict_case(predict_fn, image: np.ndarray, spacing, plan: dict):
-    """Segments one image (x, y, z, c) in its own grid.
-
-    `predict_fn` maps preprocessed windows (b, *patch_size, c) to class probabilities
-    (b, *patch_size, k). Returns (labels uint8 (x, y, z), probs float32 (x, y, z, k)).
-    """
-    plan = check_plan(plan)
-    image_pp, meta = preprocess_for_inference(image, spacing, plan)
-    scores = inference.sliding_window_predict(
-        predict_fn, image_pp, window=tuple(int(n) for n in plan["patch_size"]),
-        num_classes=int(plan["num_classes"]), overlap=float(plan["overlap"]),
-        batch_size=int(plan["batch_size"]), gaussian=bool(plan["gaussian"]),
-        mirror=bool(plan["mirror"]))
-    probs = restore_to_original(scores, meta)
-    return probs.argmax(-1).astype(np.uint8), probs
 
 
 # ------------------------------------------------------------------------------------------
@@ -377,7 +296,7 @@ def predict_files(predict_fn, input_path: str, output_dir: str, plan: dict, *,
     labels) before the first prediction; each file is written atomically.
     Returns the written paths.
     """
-    plan = check_plan(plan)
+    plan = prediction.check_plan(plan)
     num_classes = int(plan["num_classes"])
     cases = find_inputs(input_path, int(plan["num_channels"]))
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -409,7 +328,7 @@ def predict_files(predict_fn, input_path: str, output_dir: str, plan: dict, *,
             if truth.shape != info.shape:
                 raise DataError(f"{label_files[case_id]}: shape {truth.shape} differs from "
                                 f"its image's {info.shape} ({files[0]})")
-        labels, probs = predict_case(predict_fn, image, info.spacing, plan)
+        labels, probs = prediction.predict_case(predict_fn, image, info.spacing, plan)
         seg_path, *rest = targets[case_id]
         _write_new(seg_path, nifti_bytes(labels, info), overwrite)
         written.append(seg_path)
