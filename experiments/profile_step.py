@@ -2,7 +2,7 @@
 
 Runs the step under `jax.profiler`, reads the per-thunk events of the trace (XLA:CPU
 names each fused op), maps every event to the `jax.named_scope` of ops.py it came from
-(conv_taps, depthwise_taps, instance_norm, pointwise_conv, pools, upsample, ...; the
+(conv_slabs, depthwise_taps, instance_norm, pointwise_conv, pools, upsample, ...; the
 op_name metadata of the compiled HLO) and to forward or backward (`transpose(` in the
 name), and prints a markdown table of milliseconds per step summed over threads, with
 the event count. Events outside every scope are grouped by their jax primitive
@@ -38,7 +38,7 @@ from jaxnas.search import bilevel  # noqa: E402
 from jaxnas.spaces import genotype as genotype_lib  # noqa: E402
 from jaxnas.spaces.scnas import network  # noqa: E402
 
-SCOPES = ("depthwise_taps_bwd", "conv_taps_bwd", "instance_norm_bwd", "depthwise_taps", "conv_taps",
+SCOPES = ("depthwise_taps_bwd", "instance_norm_bwd", "depthwise_taps", "conv_slabs",
           "instance_norm", "pointwise_conv", "factorized_reduce", "max_pool", "avg_pool",
           "upsample", "leaky_relu")
 CONTAINERS = ("ThunkExecutor", "while", "$", "Pjit", "Slinky", "conditional", "call",

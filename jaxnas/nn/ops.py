@@ -14,9 +14,10 @@ pools (no parameters); `identity` (stride 2: a factorized 1x1x1 stride-2 conv + 
 `impl` selects the code, never the parameters (both read the same pytree):
 - "xla": `lax.conv_general_dilated` / `lax.reduce_window` / `jax.image.resize`, the forms
   cuDNN runs well (GPUs).
-- "fast": the XLA:CPU forms of DESIGN.md section 7: 3x3x3 convs (dense and depthwise) as
-  a `fori_loop` over 27 shifted taps with a hand-written VJP (dilation is free; the
-  grouped and dilated `conv_general_dilated` run 10-20x slower here, see
+- "fast": the XLA:CPU forms: dense 3x3x3 convs as one 2D `conv_general_dilated` over
+  x-slabs (Eigen's 2D kernels; its 3D ones are 2-5x slower), depthwise ones as a
+  `fori_loop` over 27 shifted taps with a hand-written VJP (dilation is free; the grouped
+  and dilated `conv_general_dilated` run 10-100x slower here, see
   experiments/bench_ops.py); max pool as a separable 3+3+3 shifted max; average pool as a
   separable shifted sum; upsampling as a 2-tap separable filter.
 Average pools divide by the number of voxels inside the volume (count_include_pad=False,
@@ -224,15 +225,13 @@ def apply_factorized_reduce(params: dict, x: Volume) -> Volume:
     return instance_norm(params, y)
 
 
-# --- 3x3x3 convs as 27 shifted products ("fast") ---
+# --- Depthwise 3x3x3 convs as 27 shifted products ("fast") ---
 #
-# A 3x3x3 conv is a loop over its 27 taps t: y += window_t(x_padded) (x) w[t], where (x) is
-# a (b x y z, i) @ (i, o) matmul (dense) or a per-channel product (depthwise). A
-# `fori_loop` (not 27 unrolled taps) compiles 3x faster, and measured faster too on
-# XLA:CPU at 32^3 x 16 channels, fwd + bwd: dense 35 vs 59 ms, depthwise 9 vs 27 ms.
-# The VJP is written by hand so that the backward pass is a loop too and keeps no
-# per-tap residuals: dx scatters each tap's dy (x) w[t]^T back onto its window, dw[t] is
-# window_t^T dy.
+# A depthwise 3x3x3 conv is a loop over its 27 taps t: y += window_t(x_padded) * w[t]
+# (per channel). A `fori_loop` (not 27 unrolled taps) compiles 3x faster, and measured
+# faster too on XLA:CPU at 32^3 x 16 channels, fwd + bwd: 9 vs 27 ms. The VJP is written
+# by hand so that the backward pass is a loop too and keeps no per-tap residuals: dw[t]
+# is sum(window_t * dy), dx the same loop over dy with the flipped kernel (stride 1).
 
 
 def _pad_same(x: Volume, p: int) -> Volume:
@@ -252,66 +251,92 @@ def _window(xp: Volume, start, out: tuple[int, ...], stride: int) -> Volume:
     return window[:, ::stride, ::stride, ::stride] if stride > 1 else window
 
 
-def _tap_product(window, w_t, depthwise: bool):
-    return window * w_t if depthwise else pointwise(window, w_t)
+def _taps(x: Volume, w27, dilation, stride: int, pad: int) -> Volume:
+    """sum over the 27 taps t of window_t(x padded by `pad`) * w27[t] (per channel)."""
+    xp = _pad_same(x, pad)
+    out = strided_shape(x.shape, stride)[1:4]
+
+    def tap(t, y):
+        return y + _window(xp, _tap_start(t, dilation, pad), out, stride) * w27[t]
+
+    return lax.fori_loop(0, 27, tap, jnp.zeros((x.shape[0], *out, x.shape[-1]), x.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _shifted_conv(x: Volume, w27, dilation, stride: int, pad: int, depthwise: bool) -> Volume:
-    """3x3x3 conv with padding = dilation; w27 (27, c) depthwise or (27, i, o) dense.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _depthwise_taps(x: Volume, w27, dilation, stride: int, pad: int) -> Volume:
+    """Depthwise 3x3x3 conv with padding = dilation; w27 (27, c).
 
     dilation may be a traced int32 scalar (<= pad): one program then serves the three
     dilated separable convs.
     """
-    with jax.named_scope("depthwise_taps" if depthwise else "conv_taps"):
+    with jax.named_scope("depthwise_taps"):
+        return _taps(x, w27, dilation, stride, pad)
+
+
+def _depthwise_taps_fwd(x, w27, dilation, stride, pad):
+    return _depthwise_taps(x, w27, dilation, stride, pad), (x, w27, dilation)
+
+
+def _depthwise_taps_bwd(stride, pad, residuals, dy):
+    with jax.named_scope("depthwise_taps_bwd"):
+        x, w27, dilation = residuals
         xp = _pad_same(x, pad)
-        out = strided_shape(x.shape, stride)[1:4]
-        c_out = x.shape[-1] if depthwise else w27.shape[-1]
+        out = dy.shape[1:4]
 
-        def tap(t, y):
+        def dw_tap(t, dw):
             window = _window(xp, _tap_start(t, dilation, pad), out, stride)
-            return y + _tap_product(window, w27[t], depthwise)
+            return lax.dynamic_update_index_in_dim(
+                dw, jnp.sum(window * dy, axis=(0, 1, 2, 3)).astype(dw.dtype), t, 0)
 
-        return lax.fori_loop(0, 27, tap, jnp.zeros((x.shape[0], *out, c_out), x.dtype))
+        dw = lax.fori_loop(0, 27, dw_tap, jnp.zeros_like(w27))
+        if stride == 1:
+            # The transpose of a same-padded correlation is the correlation with the
+            # flipped kernel (tap t <-> 26 - t): the forward loop again, 4x cheaper than
+            # scattering each tap back into a padded buffer (experiments/profile_step.py).
+            return _taps(dy, w27[::-1], dilation, 1, pad), dw, None
+        # Stride 2: tap t's dy * w[t] lands on every other voxel of the window it read.
+        spread = [(0, 0, 0)] + [(0, 0, stride - 1)] * 3 + [(0, 0, 0)]
 
+        def dx_tap(t, dxp):
+            start = (0, *_tap_start(t, dilation, pad), 0)
+            back = lax.pad(dy * w27[t], jnp.zeros((), dy.dtype), spread)
+            region = lax.dynamic_slice(dxp, start, back.shape)
+            return lax.dynamic_update_slice(dxp, region + back, start)
 
-def _shifted_conv_fwd(x, w27, dilation, stride, pad, depthwise):
-    return _shifted_conv(x, w27, dilation, stride, pad, depthwise), (x, w27, dilation)
-
-
-def _shifted_conv_bwd(stride, pad, depthwise, residuals, dy):
-    with jax.named_scope("depthwise_taps_bwd" if depthwise else "conv_taps_bwd"):
-        return _shifted_conv_bwd_body(stride, pad, depthwise, residuals, dy)
-
-
-def _shifted_conv_bwd_body(stride, pad, depthwise, residuals, dy):
-    x, w27, dilation = residuals
-    xp = _pad_same(x, pad)
-    out = dy.shape[1:4]
-    # Tap t's dy (x) w[t]^T lands on the voxels its window read: every stride-th one.
-    spread = [(0, 0, 0)] + [(0, 0, stride - 1)] * 3 + [(0, 0, 0)]
-
-    def tap(t, carry):
-        dxp, dw = carry
-        start = (0, *_tap_start(t, dilation, pad), 0)
-        if depthwise:
-            back = dy * w27[t]
-            dw_t = jnp.sum(_window(xp, start[1:4], out, stride) * dy, axis=(0, 1, 2, 3))
-        else:
-            back = pointwise(dy, w27[t].T)
-            dw_t = jnp.einsum("bxyzi,bxyzo->io", _window(xp, start[1:4], out, stride), dy)
-        back = lax.pad(back, jnp.zeros((), back.dtype), spread) if stride > 1 else back
-        region = lax.dynamic_slice(dxp, start, back.shape)
-        dxp = lax.dynamic_update_slice(dxp, region + back, start)
-        return dxp, lax.dynamic_update_index_in_dim(dw, dw_t.astype(dw.dtype), t, 0)
-
-    dxp, dw = lax.fori_loop(0, 27, tap, (jnp.zeros_like(xp), jnp.zeros_like(w27)))
-    n = x.shape[1:4]
-    dx = dxp[:, pad : pad + n[0], pad : pad + n[1], pad : pad + n[2]]
-    return dx, dw, None
+        dxp = lax.fori_loop(0, 27, dx_tap, jnp.zeros_like(xp))
+        n = x.shape[1:4]
+        return dxp[:, pad : pad + n[0], pad : pad + n[1], pad : pad + n[2]], dw, None
 
 
-_shifted_conv.defvjp(_shifted_conv_fwd, _shifted_conv_bwd)
+_depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
+
+
+# --- Dense 3x3x3 convs as one 2D conv over x-slabs ("fast") ---
+#
+# XLA:CPU runs 2D convolutions through Eigen's tuned spatial kernels, its 3D ones far
+# slower. A 3x3x3 conv is a 3x3 conv over (y, z) of the input's three x-shifts stacked on
+# the channels, with (batch, x) folded into the batch: one library call forward and two
+# backward, against 27 small matmuls per direction in the tap loop. Measured fwd + bwd,
+# batch 2 (experiments/bench_ops.py --slabs): 32^3 x 4 channels 3.3 vs 8.8 ms, 16^3 x 8
+# 1.7 vs 8.7, 64^3 x 16 stride 2 197 vs 380, the 1 -> 16 stem at 64^3 stride 2 8.3 vs 25.
+# Depthwise convs stay tap loops: as grouped 2D convs they ran 20-100x slower.
+
+
+@jax.named_scope("conv_slabs")
+def _slab_conv(x: Volume, w, *, stride: int, dilation: int) -> Volume:
+    """Dense conv3 (padding = dilation, PyTorch-style stride) as one 2D conv."""
+    b, n, _, _, c = x.shape
+    out = -(-n // stride)
+    span = stride * (out - 1) + 1
+    xp = jnp.pad(x, ((0, 0), (dilation, dilation), (0, 0), (0, 0), (0, 0)))
+    slab = jnp.concatenate([xp[:, t * dilation : t * dilation + span : stride]
+                            for t in range(3)], axis=-1)  # (b, out, y, z, 3c): tap-major
+    kernel = w.transpose(1, 2, 0, 3, 4).reshape(3, 3, 3 * c, w.shape[-1])  # (y, z, 3c, o)
+    y = lax.conv_general_dilated(
+        slab.reshape(b * out, *slab.shape[2:]), kernel, (stride, stride),
+        [(dilation, dilation)] * 2, rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(b, out, *y.shape[1:])
 
 
 def conv3(
@@ -325,7 +350,7 @@ def conv3(
     """Dense 3x3x3 conv, no bias, padding = dilation: (b, x, y, z, i) -> strided (.., o)."""
     _check_impl(impl)
     if impl == "fast":
-        return _shifted_conv(x, w.reshape(27, *w.shape[3:]), dilation, stride, dilation, False)
+        return _slab_conv(x, w, stride=stride, dilation=dilation)
     return lax.conv_general_dilated(
         x,
         w,
@@ -347,7 +372,7 @@ def depthwise_conv3(
     """Depthwise 3x3x3 conv, no bias, padding = dilation; w in the grouped-conv layout."""
     _check_impl(impl)
     if impl == "fast":
-        return _shifted_conv(x, w.reshape(27, w.shape[-1]), dilation, stride, dilation, True)
+        return _depthwise_taps(x, w.reshape(27, w.shape[-1]), dilation, stride, dilation)
     return lax.conv_general_dilated(
         x,
         w,
@@ -531,7 +556,7 @@ def _any_sep_conv(stride: int):
         dilation = jnp.asarray([SEP_DILATION[n] for n in names], jnp.int32)[k]
         w27 = params["dw"].reshape(27, x.shape[-1])
         # Padding is always max dilation here, so one program fits every dilation.
-        h = _shifted_conv(leaky_relu(x), w27, dilation, stride, max(SEP_DILATION.values()), True)
+        h = _depthwise_taps(leaky_relu(x), w27, dilation, stride, max(SEP_DILATION.values()))
         return weight * instance_norm(params, pointwise(h, params["pw"]))
 
     return run
