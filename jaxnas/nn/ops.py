@@ -316,9 +316,9 @@ _depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
 # XLA:CPU runs 2D convolutions through Eigen's tuned spatial kernels, its 3D ones far
 # slower. A 3x3x3 conv is a 3x3 conv over (y, z) of the input's three x-shifts stacked on
 # the channels, with (batch, x) folded into the batch: one library call forward and two
-# backward, against 27 small matmuls per direction in the tap loop. Measured fwd + bwd,
-# batch 2 (experiments/bench_ops.py --slabs): 32^3 x 4 channels 3.3 vs 8.8 ms, 16^3 x 8
-# 1.7 vs 8.7, 64^3 x 16 stride 2 197 vs 380, the 1 -> 16 stem at 64^3 stride 2 8.3 vs 25.
+# backward, against 27 small matmuls per direction in the tap loop it replaced. Measured
+# fwd + bwd, batch 2 (experiments/bench_conv_forms.py): 2-7x faster at the cell shapes
+# (32^3 x 4 channels 9.0 vs 28.8 ms, 16^3 x 8 1.2 vs 8.7), 4x for the stride-2 stem.
 # Depthwise convs stay tap loops: as grouped 2D convs they ran 20-100x slower.
 
 
