@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from jaxnas import evaluation
+from jaxnas import sharding
 from jaxnas.io import checkpoints
 from jaxnas.io import writer as writer_lib
 
@@ -96,7 +97,8 @@ def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager,
                 jax.block_until_ready(state)
                 now = time.time()
                 per_step = (now - first_done) / (done - start - 1)
-                num_steps = resized_steps(done, per_step, resize.end_fn(per_step) - now)
+                num_steps = sharding.agreed(
+                    resized_steps(done, per_step, resize.end_fn(per_step) - now))
                 logging.info("%s: %.3f s per step over steps %d-%d (host batches included): "
                              "%d steps instead of %d", name, per_step, start + 2, done,
                              num_steps, s.num_steps)

@@ -5,7 +5,6 @@ resolve from the current directory; `run.sh` runs from `experiments/`.
 """
 
 import dataclasses
-import json
 import logging as std_logging
 import os
 import sys
@@ -144,6 +143,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", "",
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1,
                                       "Several machines: processes (one per machine).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Several machines: this process, 0-based.")
+_PEER_TIMEOUT = flags.DEFINE_integer(
+    "peer_timeout_seconds", 60, "Several machines: a process that has not been heard from "
+    "for this long fails the others (instead of a hang).")
 _JIT_CACHE = flags.DEFINE_string(
     "jit_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "jaxnas", "xla"),
     "Persistent XLA compilation cache: a rerun or resume skips most of the compile time. "
@@ -263,10 +265,10 @@ def main(argv):
         _fail(str(e))
     _init_distributed()
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "flags.txt"), "w") as f:
-        f.write(flags.FLAGS.flags_into_string())
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=1)
+    from jaxnas.io import fileio
+
+    fileio.write_atomic(os.path.join(workdir, "flags.txt"), flags.FLAGS.flags_into_string())
+    fileio.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
     _use_jit_cache()
     from jaxnas import evaluation
     from jaxnas.modes import evaluate as evaluate_mode
@@ -297,15 +299,20 @@ def _init_distributed() -> None:
     """Several processes: joins them before any jax computation (the mesh needs them all).
 
     Every process runs the same program on the same shared --workdir: orbax writes the
-    checkpoints together; every other output is written by every process (same content).
+    checkpoints together; every other output is process 0's (fileio.is_primary).
     """
     if _NUM_PROCESSES.value <= 1:
         return
     import jax
 
+    # CPU devices of several processes talk through gloo (XLA:CPU has no default
+    # cross-process collectives); GPUs use NCCL whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+                               process_id=_PROCESS_ID.value,
+                               initialization_timeout=_PEER_TIMEOUT.value,
+                               heartbeat_timeout_seconds=_PEER_TIMEOUT.value)
 
 
 def _use_jit_cache() -> None:

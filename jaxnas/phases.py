@@ -112,7 +112,7 @@ def budget_steps(workdir: str, phase: str, compute_fn) -> int:
     """
     path, stored = _budget(workdir)
     if phase not in stored:
-        stored[phase] = int(compute_fn())
+        stored[phase] = sharding.agreed(compute_fn())
         fileio.write_json(path, stored)
     return int(stored[phase])
 

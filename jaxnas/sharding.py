@@ -104,6 +104,16 @@ def make_mesh(axes: dict[str, int], devices=None) -> Mesh:
                          devices=devices)
 
 
+def agreed(value: int) -> int:
+    """Process 0's value on every process: step counts from each process's own timing
+    must be one count, or the processes' SPMD steps would part ways."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """The same whole array on every device: params, arch, optimiser states, keys."""
     return NamedSharding(mesh, P())

@@ -86,14 +86,16 @@ def _write_case(folder, dataset, case, header, target_spacing, image_order) -> N
                                                     target_spacing, image_order=image_order)
     fg = preprocess.foreground_locations(label)
     stem = os.path.join(folder, case.case_id)
-    fileio.write_atomic(stem + "_image.npy", _npy_bytes(np.save, image))
-    fileio.write_atomic(stem + "_label.npy", _npy_bytes(np.save, label))
-    fileio.write_atomic(stem + "_fg.npz", _npy_bytes(np.savez, **{str(k): v for k, v in fg.items()}))
+    fileio.write_atomic(stem + "_image.npy", _npy_bytes(np.save, image), every_process=True)
+    fileio.write_atomic(stem + "_label.npy", _npy_bytes(np.save, label), every_process=True)
+    fileio.write_atomic(stem + "_fg.npz", _npy_bytes(np.savez, **{str(k): v for k, v in fg.items()}),
+                        every_process=True)
     meta.update(case_id=case.case_id, spacing=list(target_spacing),
                 original_spacing=list(header.spacing), original_shape=list(header.shape),
                 original_affine=header.affine.tolist(), image_path=case.image_path,
                 source=[_fingerprint(case.image_path), _fingerprint(case.label_path)])
-    fileio.write_json(stem + ".json", meta)  # Last: its presence marks the case complete.
+    # Last: its presence marks the case complete. Every process: caches are per machine.
+    fileio.write_json(stem + ".json", meta, every_process=True)
 
 
 def prepare_dataset(dataset: msd.Dataset, cache_dir: str, *, spacing=None, image_order=3):
@@ -114,7 +116,7 @@ def prepare_dataset(dataset: msd.Dataset, cache_dir: str, *, spacing=None, image
     settings = settings_key(dataset, spacing, image_order)
     folder = cache_folder(cache_dir, dataset, settings)
     os.makedirs(folder, exist_ok=True)
-    fileio.write_json(os.path.join(folder, "settings.json"), settings)
+    fileio.write_json(os.path.join(folder, "settings.json"), settings, every_process=True)
     cases, start, fresh = [], time.time(), 0
     for i, (case, header) in enumerate(zip(dataset.cases, headers)):
         prepared = _load_cached(folder, case)

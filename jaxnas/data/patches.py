@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxnas import inference
 from jaxnas.data import msd
+from jaxnas.io import fileio
 
 
 def _patch_start(rng, shape, patch_size, center=None) -> np.ndarray:
@@ -192,9 +193,7 @@ def load_or_make_splits(path: str, case_ids, num_folds: int, seed: int = 0,
                 f"{len(case_ids)} training cases cannot make {num_folds} folds: set "
                 f"--num_folds to a value from 2 to {len(case_ids)}")
         splits = kfold_splits(case_ids, num_folds, seed)
-        with open(path + ".tmp", "w") as f:
-            json.dump(splits, f, indent=1)
-        os.replace(path + ".tmp", path)
+        fileio.write_json(path, splits)
         return splits
     try:
         with open(source) as f:
@@ -209,6 +208,5 @@ def load_or_make_splits(path: str, case_ids, num_folds: int, seed: int = 0,
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise msd.DataError(f"{source}: bad splits file: {e}") from None
     if user_file and user_file != path:
-        with open(path, "w") as f:
-            json.dump(splits, f, indent=1)
+        fileio.write_json(path, splits)
     return splits

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -14,8 +15,20 @@ def _to_json(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Writes to a hidden temporary file next to `path`, then renames it onto `path`."""
+def is_primary() -> bool:
+    """False on processes 1, 2, ... of a multi-process run: a run's outputs are process 0's
+    to write (orbax checkpoints are written by all together). Without jax: True."""
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
+
+
+def write_atomic(path: str, data: bytes | str, *, every_process: bool = False) -> None:
+    """Writes to a hidden temporary file next to `path`, then renames it onto `path`.
+
+    Only process 0 writes unless `every_process` (per-machine files such as the cache).
+    """
+    if not every_process and not is_primary():
+        return
     folder, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     try:
@@ -29,5 +42,6 @@ def write_atomic(path: str, data: bytes | str) -> None:
         raise
 
 
-def write_json(path: str, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, default=_to_json) + "\n")
+def write_json(path: str, obj, *, every_process: bool = False) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, default=_to_json) + "\n",
+                 every_process=every_process)

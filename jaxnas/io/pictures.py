@@ -49,8 +49,10 @@ def save_patch_grid(path: str, images: np.ndarray, labels: np.ndarray,
                ncol=min(4, num_classes - 1), fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    fig.savefig(path, dpi=90)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
+    fileio.write_atomic(path, buf.getvalue())
 
 
 def foreground_centre(*label_maps) -> tuple[int, int, int]:

@@ -14,6 +14,7 @@ from absl import logging
 from jaxnas import config as config_lib
 from jaxnas import phases
 from jaxnas.data import patches
+from jaxnas.io import fileio
 from jaxnas.io import pictures
 
 
@@ -48,8 +49,7 @@ def run(config: config_lib.Config, workdir: str) -> dict:
         "patch_class_fractions": _class_fractions(labels, data.dataset.num_classes),
         "prepare_seconds": round(prepared_s, 2),
     }
-    with open(os.path.join(workdir, "data_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    fileio.write_json(os.path.join(workdir, "data_summary.json"), summary)
     pictures.save_patch_grid(os.path.join(workdir, "patches.png"), images[:6], labels[:6],
                              data.dataset.labels, title=f"{data.dataset.name}: training patches")
     for key, value in summary.items():
