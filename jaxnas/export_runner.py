@@ -8,6 +8,7 @@ beside model.jaxexport, plan.json and runtime/ (the prediction core it imports).
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -50,6 +51,8 @@ def main(argv=None) -> None:
     p.add_argument("output", help="LABELS.nii.gz or LABELS.npy")
     p.add_argument("--spacing", default="", help="voxel spacing of a .npy input, mm")
     args = p.parse_args(argv)
+    # stdlib logging, not absl: the runner needs nothing beyond jax, numpy and scipy.
+    logging.basicConfig(level=logging.INFO, format="predict.py: %(message)s")
     sys.path.insert(0, os.path.join(HERE, "runtime"))
     import prediction
 
@@ -69,7 +72,8 @@ def main(argv=None) -> None:
 
         affine = img.affine if img is not None else np.diag([*spacing, 1.0])
         nib.save(nib.Nifti1Image(labels, affine), args.output)
-    print(f"{args.input} -> {args.output}: labels {sorted(np.unique(labels).tolist())}")
+    logging.info("%s -> %s: labels %s", args.input, args.output,
+                 sorted(np.unique(labels).tolist()))
 
 
 if __name__ == "__main__":
