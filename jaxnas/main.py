@@ -15,6 +15,7 @@ from absl import logging
 
 from jaxnas import config as config_lib
 from jaxnas.data import msd
+from jaxnas.io import fileio
 from jaxnas.io import workdir as workdir_lib
 
 _D = config_lib.DataConfig
@@ -265,8 +266,6 @@ def main(argv):
         _fail(str(e))
     _init_distributed()
     os.makedirs(workdir, exist_ok=True)
-    from jaxnas.io import fileio
-
     fileio.write_atomic(os.path.join(workdir, "flags.txt"), flags.FLAGS.flags_into_string())
     fileio.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
     _use_jit_cache()

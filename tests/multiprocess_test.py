@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -39,7 +40,8 @@ class TwoProcessTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.tmp = absltest.get_default_test_tmpdir()
+        # Fresh per run: a rerun never meets a finished run in its work dirs.
+        cls.tmp = tempfile.mkdtemp(prefix="multiprocess_test")
         cls.data_dir = os.path.join(cls.tmp, "mp_task")
         fixtures.write_tiny_msd(cls.data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
 

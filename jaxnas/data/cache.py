@@ -88,8 +88,8 @@ def _write_case(folder, dataset, case, header, target_spacing, image_order) -> N
     stem = os.path.join(folder, case.case_id)
     fileio.write_atomic(stem + "_image.npy", _npy_bytes(np.save, image), every_process=True)
     fileio.write_atomic(stem + "_label.npy", _npy_bytes(np.save, label), every_process=True)
-    fileio.write_atomic(stem + "_fg.npz", _npy_bytes(np.savez, **{str(k): v for k, v in fg.items()}),
-                        every_process=True)
+    fg_arrays = {str(k): v for k, v in fg.items()}
+    fileio.write_atomic(stem + "_fg.npz", _npy_bytes(np.savez, **fg_arrays), every_process=True)
     meta.update(case_id=case.case_id, spacing=list(target_spacing),
                 original_spacing=list(header.spacing), original_shape=list(header.shape),
                 original_affine=header.affine.tolist(), image_path=case.image_path,

@@ -16,7 +16,6 @@ The copies are the very code `--mode=predict` runs, so both give the same labels
 (tests/modes_test.py checks it in a process where jaxnas cannot be imported).
 """
 
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from jaxnas.io import fileio
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Module name -> source file (relative to the package): the prediction core and what it
-# imports. They import nothing else of jaxnas (tests/modes_test.py would fail if they did).
+# imports. They import nothing else of jaxnas (tests/export_test.py checks it).
 RUNTIME = {"prediction": "prediction.py", "inference": "inference.py",
            "preprocess": "data/preprocess.py", "errors": "errors.py"}
 RUNNER = "export_runner.py"
@@ -143,7 +142,6 @@ def run(workdir: str, output: str, impl: str) -> str:
         model, params, plan, description = artifacts.load(workdir, impl=phases.resolve_impl(impl))
     except FileNotFoundError as e:
         raise DataError(str(e)) from None
-    plan = dict(plan)
     program, platforms = export_network(
         model, params, batch_size=int(plan.get("batch_size", 1)),
         patch_size=tuple(int(n) for n in plan["patch_size"]),
