@@ -214,16 +214,23 @@ def _quiet_libraries() -> None:
 # within noise (experiments/bench_xla_flags.py, BENCHMARKS.md). Not on GPU installs,
 # where the same flag would also lower the GPU backend's optimisation.
 CPU_XLA_FLAGS = ("--xla_backend_optimization_level=1",)
+# Several processes: XLA:CPU ends a process whose local devices wait more than 40 s for
+# each other at a collective, which a peer still compiling its step or a loaded 2-core
+# machine exceeds. Dead peers are caught by --peer_timeout_seconds' heartbeat instead.
+CPU_MULTIPROCESS_XLA_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds=1800",
+                              "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300")
 GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                "jax_rocm7_plugin")
 
 
-def with_cpu_xla_flags(xla_flags: str, *, gpu_plugin: bool) -> str:
-    """XLA_FLAGS plus CPU_XLA_FLAGS, unless a GPU plugin is installed; flags the user
-    already set (by name) are kept as given."""
+def with_cpu_xla_flags(xla_flags: str, *, gpu_plugin: bool,
+                       several_processes: bool = False) -> str:
+    """XLA_FLAGS plus CPU_XLA_FLAGS (and CPU_MULTIPROCESS_XLA_FLAGS), unless a GPU plugin
+    is installed; flags the user already set (by name) are kept as given."""
     if gpu_plugin:
         return xla_flags
-    add = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in xla_flags]
+    ours = CPU_XLA_FLAGS + (CPU_MULTIPROCESS_XLA_FLAGS if several_processes else ())
+    add = [f for f in ours if f.split("=")[0] not in xla_flags]
     return " ".join([xla_flags, *add]).strip()
 
 
@@ -231,8 +238,9 @@ def _set_cpu_xla_flags() -> None:
     import importlib.util  # Before jax starts: XLA reads XLA_FLAGS once.
 
     gpu = any(importlib.util.find_spec(p) is not None for p in GPU_PLUGINS)
-    os.environ["XLA_FLAGS"] = with_cpu_xla_flags(os.environ.get("XLA_FLAGS", ""),
-                                                 gpu_plugin=gpu)
+    os.environ["XLA_FLAGS"] = with_cpu_xla_flags(
+        os.environ.get("XLA_FLAGS", ""), gpu_plugin=gpu,
+        several_processes=_NUM_PROCESSES.value > 1)
 
 
 def main(argv):

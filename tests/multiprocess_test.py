@@ -9,6 +9,7 @@
 
 import glob
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,16 @@ from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600
+
+
+def _why(log: str) -> str:
+    """The lines that say why a process stopped (an abort's reason comes long before its
+    Python stack), then the log's tail."""
+    marks = ("error", "fatal", "check failed", "timeout", "timed out", "abort", "gloo",
+             "stuck", "terminat")
+    lines = [l for l in log.splitlines()
+             if any(m in l.lower() for m in marks) or re.match(r"[FE]\d{4} ", l)]
+    return "\n".join(lines[:20]) + "\n...\n" + log[-2000:]
 
 
 def _free_port() -> int:
@@ -76,7 +87,7 @@ class TwoProcessTest(absltest.TestCase):
         procs = self._start_pair(two, *steps)
         logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
         for p, log in zip(procs, logs):
-            self.assertEqual(p.returncode, 0, log[-3000:])
+            self.assertEqual(p.returncode, 0, _why(log))
         _, p1, _, _ = artifacts.load(one, impl="fast")
         _, p2, _, _ = artifacts.load(two, impl="fast")
         import jax

@@ -251,8 +251,6 @@ class StrategiesMeshTest(absltest.TestCase):
     where the same run on one device does (the genotype, params to float tolerance)."""
 
     def _check(self, strategy, *flags):
-        import jax
-
         data_dir = self.create_tempdir().full_path
         fixtures.write_tiny_msd(data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
         env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
@@ -275,8 +273,7 @@ class StrategiesMeshTest(absltest.TestCase):
         (g1, p1), (g2, p2) = finals
         self.assertEqual({k: v for k, v in g1.items() if k != "extra"},
                          {k: v for k, v in g2.items() if k != "extra"})
-        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3)
+        fixtures.assert_trained_params_match(self, p1, p2, lr=1e-3)  # tiny.flags' lr_w
 
     def test_random(self):
         self._check("random", "--num_candidates=2", "--width=4")
