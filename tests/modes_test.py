@@ -66,7 +66,8 @@ class ModelsTest(absltest.TestCase):
         self.assertLess(fixed, supernet / 3)
 
     def test_node_scale_reaches_the_derived_network(self):
-        kw = dict(in_channels=1, num_classes=3, width=8, stem_stride=2)
+        # Stride 1: no full-resolution stage, whose cost does not scale with node_scale.
+        kw = dict(in_channels=1, num_classes=3, width=8, stem_stride=1)
         costs = [models.build(models.describe("random:1", node_scale=ns, **kw)).cost((32,) * 3)
                  for ns in (0.25, 0.5)]
         self.assertGreater(costs[1]["params"], 2 * costs[0]["params"])  # ~4x: c^2 terms
@@ -136,6 +137,20 @@ class EvaluateTrainPredictTest(absltest.TestCase):
             self.assertEqual(json.load(f)["derived"]["params"], network.num_params(params))
         logits = model.apply(params, np.zeros((1, 16, 16, 16, 1), np.float32))
         self.assertEqual(logits.shape, (1, 16, 16, 16, 3))
+
+    def test_params_of_another_network_are_refused_in_one_line(self):
+        import shutil
+
+        other = os.path.join(self.create_tempdir().full_path, "other")
+        shutil.copytree(os.path.join(self.workdir, "fold_0"), other)
+        path = os.path.join(other, "model.json")
+        with open(path) as f:
+            description = json.load(f)
+        description["width"] *= 2
+        with open(path, "w") as f:
+            json.dump(description, f)
+        with self.assertRaisesRegex(ValueError, "final: its params do not fit"):
+            artifacts.load(other, impl="fast")
 
     def test_predict_cli_keeps_shape_and_affine(self):
         source = os.path.join(self.data_dir, "imagesTr", "case_000.nii.gz")

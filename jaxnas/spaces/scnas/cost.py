@@ -30,7 +30,7 @@ def derived_macs(index, *, in_channels: int, num_classes: int, width: int, patch
     Args:
       index: int (4, 14): the chosen op per cell type and edge (space.OP_NAMES).
       stem_stride: 2 puts the cells on a grid 8x smaller and adds the full-resolution
-        refinement (a 3x3x3 conv of the image and a 1x1x1 head).
+        full-resolution stage (network.refine_spec).
     """
     index = np.asarray(index)
     widths = network.node_widths(width, node_scale)
@@ -39,7 +39,8 @@ def derived_macs(index, *, in_channels: int, num_classes: int, width: int, patch
     channels = {network.STEM: width}
     total = 27 * in_channels * width * voxels[0]  # Stem.
     if stem_stride == 2:
-        total += (27 * in_channels * width + width * num_classes) * full  # Refinement.
+        r = min(width, network.REFINE_WIDTH)  # Image conv, squeeze, conv, head.
+        total += (27 * in_channels * r + width * r / 8 + 27 * r * r + r * num_classes) * full
     topology = network.topology()
     levels = {network.STEM: 0, **{i: spec.level for i, spec in enumerate(topology)}}
     for i, spec in enumerate(topology):

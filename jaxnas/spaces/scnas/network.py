@@ -101,10 +101,16 @@ def node_widths(width: int, node_scale: float = DEFAULT_NODE_SCALE) -> tuple[int
     return tuple(widths)
 
 
+REFINE_WIDTH = 8  # Channels of the full-resolution stage: 8x the voxels of level 0.
+
+
 def refine_spec(in_channels: int, num_classes: int, width: int) -> dict:
-    """Params of the full-resolution refinement of a stride-2 stem (see `_forward`)."""
-    return {**ops.stem_spec(in_channels, width),
-            "head": ops.ParamSpec((width, num_classes), "lecun", width)}
+    """Params of the full-resolution stage of a stride-2 stem (see `_forward`)."""
+    r = min(width, REFINE_WIDTH)
+    return {"image": ops.stem_spec(in_channels, r),
+            "up": ops.he_spec((width, r)),
+            "conv": {"w": ops.he_spec((3, 3, 3, r, r)), **ops.norm_spec(r)},
+            "head": ops.ParamSpec((r, num_classes), "lecun", r)}
 
 
 def network_spec(
@@ -113,9 +119,9 @@ def network_spec(
 ) -> dict:
     """Param specs of the supernet (see `init_network`).
 
-    stem_stride 2 adds `refine`: the cells then run on a grid half as fine, and the
-    logits are upsampled and added to a full-resolution Conv-IN-LeakyReLU-1x1x1 of the
-    image (local detail the coarse grid cannot hold).
+    stem_stride 2 adds `refine`: the cells then run on a grid half as fine, and a
+    full-resolution stage adds to their upsampled logits what the coarse grid cannot
+    hold: a 3x3x3 Conv-IN of [the image's Conv-IN + the upsampled coarse features].
     """
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
@@ -211,10 +217,16 @@ def _forward(params: dict, image: Volume, cell_fn, impl: str) -> Logits:
     # The last cell's output is a sum of normalised, not yet activated maps.
     features = ops.leaky_relu(outputs[len(params["cells"]) - 1])
     logits = ops.pointwise(features, params["out"]["w"]) + params["out"]["b"]
-    if "refine" in params:  # Stride-2 stem: coarse logits up, plus full-resolution detail.
+    if "refine" in params:
+        # Stride-2 stem: one conv at full resolution sees the image's edges next to the
+        # coarse features (squeezed to a few channels before the upsample, 8x cheaper),
+        # and corrects the upsampled logits: a residual, so it starts from them.
         r = params["refine"]
-        detail = ops.leaky_relu(ops.apply_stem(r, image, impl=impl))
-        logits = ops.upsample2(logits, impl=impl) + ops.pointwise(detail, r["head"])
+        up = ops.upsample2(ops.pointwise(features, r["up"]), impl=impl)
+        h = ops.leaky_relu(ops.apply_stem(r["image"], image, impl=impl) + up)
+        h = ops.leaky_relu(ops.instance_norm(r["conv"], ops.conv3(h, r["conv"]["w"],
+                                                                   impl=impl)))
+        logits = ops.upsample2(logits, impl=impl) + ops.pointwise(h, r["head"])
     return logits
 
 
