@@ -68,5 +68,11 @@ def load(workdir: str, *, impl: str):
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                             jax.eval_shape(model.init, jax.random.key(0)))
-    params = ocp.StandardCheckpointer().restore(os.path.abspath(paths[2]), abstract)
+    try:
+        params = ocp.StandardCheckpointer().restore(os.path.abspath(paths[2]), abstract)
+    except (ValueError, KeyError, TypeError) as e:  # orbax's tree or shape mismatch
+        raise ValueError(
+            f"{paths[2]}: its params do not fit the network {paths[0]} describes (saved by "
+            f"another jaxnas version, or the files were mixed): {str(e).splitlines()[0][:200]}"
+        ) from None
     return model, params, plan, description
