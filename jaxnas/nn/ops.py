@@ -234,6 +234,12 @@ def apply_factorized_reduce(params: dict, x: Volume) -> Volume:
 # is sum(window_t * dy), dx the same loop over dy with the flipped kernel (stride 1).
 
 
+# Three taps per loop iteration (fori_loop's unroll): 27 -> 9 iterations, each one fusion.
+# Derived 64^3 width-16 step 1.16 vs 1.48 s, search iteration 48^3 1.65 vs 1.81 s, compile
+# +9 s / +2 s (experiments/profile_step.py, 2026-12-04, Intel). 9 taps: no faster, 2x compile.
+TAP_UNROLL = 3
+
+
 def _pad_same(x: Volume, p: int) -> Volume:
     return jnp.pad(x, ((0, 0), (p, p), (p, p), (p, p), (0, 0)))
 
@@ -259,7 +265,8 @@ def _taps(x: Volume, w27, dilation, stride: int, pad: int) -> Volume:
     def tap(t, y):
         return y + _window(xp, _tap_start(t, dilation, pad), out, stride) * w27[t]
 
-    return lax.fori_loop(0, 27, tap, jnp.zeros((x.shape[0], *out, x.shape[-1]), x.dtype))
+    return lax.fori_loop(0, 27, tap, jnp.zeros((x.shape[0], *out, x.shape[-1]), x.dtype),
+                         unroll=TAP_UNROLL)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -288,7 +295,7 @@ def _depthwise_taps_bwd(stride, pad, residuals, dy):
             return lax.dynamic_update_index_in_dim(
                 dw, jnp.sum(window * dy, axis=(0, 1, 2, 3)).astype(dw.dtype), t, 0)
 
-        dw = lax.fori_loop(0, 27, dw_tap, jnp.zeros_like(w27))
+        dw = lax.fori_loop(0, 27, dw_tap, jnp.zeros_like(w27), unroll=TAP_UNROLL)
         if stride == 1:
             # The transpose of a same-padded correlation is the correlation with the
             # flipped kernel (tap t <-> 26 - t): the forward loop again, 4x cheaper than
