@@ -223,13 +223,18 @@ GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                "jax_rocm7_plugin")
 
 
-def with_cpu_xla_flags(xla_flags: str, *, gpu_plugin: bool,
-                       several_processes: bool = False) -> str:
+def with_cpu_xla_flags(xla_flags: str, *, gpu_plugin: bool, several_processes: bool = False,
+                       unoptimised: bool = False) -> str:
     """XLA_FLAGS plus CPU_XLA_FLAGS (and CPU_MULTIPROCESS_XLA_FLAGS), unless a GPU plugin
-    is installed; flags the user already set (by name) are kept as given."""
+    is installed; flags the user already set (by name) are kept as given.
+
+    `unoptimised` (JAX_DISABLE_MOST_OPTIMIZATIONS set, as the test suite does): no -O1, so
+    XLA_FLAGS, part of the persistent cache key, is the same as in a process that never
+    came through main, and the two share compiled programs."""
     if gpu_plugin:
         return xla_flags
-    ours = CPU_XLA_FLAGS + (CPU_MULTIPROCESS_XLA_FLAGS if several_processes else ())
+    ours = (() if unoptimised else CPU_XLA_FLAGS) + (
+        CPU_MULTIPROCESS_XLA_FLAGS if several_processes else ())
     add = [f for f in ours if f.split("=")[0] not in xla_flags]
     return " ".join([xla_flags, *add]).strip()
 
@@ -240,7 +245,9 @@ def _set_cpu_xla_flags() -> None:
     gpu = any(importlib.util.find_spec(p) is not None for p in GPU_PLUGINS)
     os.environ["XLA_FLAGS"] = with_cpu_xla_flags(
         os.environ.get("XLA_FLAGS", ""), gpu_plugin=gpu,
-        several_processes=_NUM_PROCESSES.value > 1)
+        several_processes=_NUM_PROCESSES.value > 1,
+        unoptimised=os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "").lower()
+        in ("1", "true"))
 
 
 def main(argv):

@@ -24,6 +24,14 @@ class CpuXlaFlagsTest(absltest.TestCase):
         self.assertEqual(main.with_cpu_xla_flags(mine, gpu_plugin=False), mine)
         self.assertEqual(main.with_cpu_xla_flags("", gpu_plugin=True), "")
 
+    def test_unoptimised_compiles_get_no_level_flag(self):
+        # The suite's subprocesses then share the persistent cache with in-process tests.
+        self.assertEqual(main.with_cpu_xla_flags("", gpu_plugin=False, unoptimised=True), "")
+        got = main.with_cpu_xla_flags("", gpu_plugin=False, several_processes=True,
+                                      unoptimised=True)
+        self.assertNotIn("optimization_level", got)
+        self.assertIn("collective", got)
+
     def test_several_processes_get_long_collective_timeouts_that_xla_knows(self):
         got = main.with_cpu_xla_flags("", gpu_plugin=False, several_processes=True)
         for flag in main.CPU_MULTIPROCESS_XLA_FLAGS:
