@@ -10,9 +10,11 @@ short lease still leaves numbers in --out (default experiments/device_check.json
 
 - env: jax version, backend, devices, whether a CUDA plugin is installed (run.sh's
   install path on a GPU machine).
-- scnas_fast, scnas_xla, darts_fast, darts_xla: one bi-level iteration (Theta then alpha
-  step) at --size^3, batch 1, 4 channels, 4 classes, --width; time per iteration, compile
-  time and peak device memory (GPU: the allocator's peak; CPU: XLA's temp buffer size).
+- scnas_fast, scnas_xla, darts_fast, darts_xla: one bi-level iteration (the search's own
+  Theta step, then its alpha step: `gradient_search.search_programs`) at --size^3,
+  batch 1, --channels (4), --classes (4), --width; time per iteration, compile time and
+  peak device memory (GPU: the allocator's peak; CPU: XLA's larger temp buffer size),
+  with the planner's analytic activation estimate next to it (scnas; `--memory_gb`).
   fp32 only: there is no bf16 compute option yet.
 - sliding: sliding-window prediction of a --volume^3 volume with a --size^3 window
   (a random genotype's derived network): seconds and peak memory.
@@ -23,7 +25,6 @@ Not a test itself; tests/device_check_test.py runs it at the CPU size.
 """
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -66,42 +67,57 @@ def stage_env(args):
 
 
 def stage_search(args, method, impl):
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import bench_search
-    from jaxnas.nn import losses
+    from jaxnas import config as config_lib
     from jaxnas.search import bilevel
-    from jaxnas.spaces.scnas import network
+    from jaxnas.search.strategies import gradient_search
+    from jaxnas.spaces.scnas import cost
 
+    # The search's own steps (the settings of tiny.flags at --size and --width): what a
+    # search runs, and at the CPU size the very programs the smoke and the tests compile.
+    search = dataclasses.replace(config_lib.tiny().search, width=args.width,
+                                 strategy=method, impl=impl)
+    programs = gradient_search.search_programs(search, args.channels, args.classes,
+                                               search.steps_per_epoch, False)
     shape = (1, args.size, args.size, args.size)
-    params = network.init_network(jax.random.key(0), in_channels=4, num_classes=4,
-                                  width=args.width)
-    arch = bilevel.init_arch(jax.random.key(1), scale=1.0)
     rng = np.random.default_rng(0)
-    batches = [{"image": jnp.asarray(rng.normal(size=shape + (4,)), jnp.float32),
-                "label": jnp.asarray(rng.integers(0, 4, size=shape), jnp.int32)}
-               for _ in range(2)]
-    tx_w, tx_a = bilevel.make_optimizers(lr_w=1e-3, betas_w=(0.9, 0.999))
-    apply = network.apply_network_dense if method == "darts" else network.apply_network
-    iteration = bench_search.make_iteration(
-        functools.partial(apply, impl=impl), bench_search.SAMPLERS[method], tx_w, tx_a,
-        functools.partial(losses.dice_ce, num_classes=4))
-    inputs = (params, arch, tx_w.init(params), tx_a.init(arch), *batches, jax.random.key(2))
+    batch_w, batch_a = ({"image": jnp.asarray(rng.normal(size=shape + (args.channels,)),
+                                              jnp.float32),
+                         "label": jnp.asarray(rng.integers(0, args.classes, size=shape),
+                                              jnp.int32)} for _ in range(2))
+    state = bilevel.init_state(programs.init_params(jax.random.key(0)), bilevel.init_arch(),
+                               programs.tx_w, programs.tx_a)
+    key = jax.random.key(2)
     start = time.time()
-    compiled = jax.jit(iteration).lower(*inputs).compile()
+    step_w = programs.step_w.lower(state, batch_w, key).compile()
+    step_a = programs.step_a.lower(state, batch_a, key).compile()
     compile_s = time.time() - start
-    jax.block_until_ready(compiled(*inputs))
+
+    def iteration(state, r):
+        key = jax.random.key(10 + r)  # The sampled methods' cost depends on the ops drawn.
+        return step_a(step_w(state, batch_w, key)[0], batch_a, key)[0]
+
+    state = jax.block_until_ready(iteration(state, 0))
     times = []
     for r in range(3):
         start = time.time()
-        jax.block_until_ready(compiled(*inputs[:-1], jax.random.key(10 + r)))
+        state = jax.block_until_ready(iteration(state, r + 1))
         times.append(time.time() - start)
-    return {"size": args.size, "width": args.width, "impl": impl, "dtype": "float32",
+    peaks = [_peak_bytes(c) for c in (step_w, step_a)]
+    # The planner's analytic figure (--memory_gb), next to what was measured.
+    estimate = cost.supernet_activation_bytes(
+        in_channels=args.channels, num_classes=args.classes, width=args.width,
+        patch_size=shape[1:], batch_size=1, stem_stride=search.stem_stride)
+    return {"size": args.size, "width": args.width, "channels": args.channels,
+            "classes": args.classes, "impl": impl, "dtype": "float32",
             "compile_s": round(compile_s, 2), "iteration_s": round(min(times), 4),
-            "peak_bytes": _peak_bytes(compiled)}
+            "peak_bytes": max(peaks) if None not in peaks else None,
+            "estimate_bytes": int(estimate) if method == "scnas" else None}
 
 
 def stage_sliding(args):
@@ -112,14 +128,17 @@ def stage_sliding(args):
     from jaxnas import models
     from jaxnas import phases
 
-    desc = models.describe("random:0", in_channels=4, num_classes=4, width=args.width)
+    desc = models.describe("random:0", in_channels=args.channels, num_classes=args.classes,
+                           width=args.width)
     model = models.build(desc, impl=phases.resolve_impl("auto"))
     params = model.init(jax.random.key(0))
     predict = models.probabilities_fn(model, params)
-    volume = np.random.default_rng(0).normal(size=(args.volume,) * 3 + (4,)).astype(np.float32)
+    volume = np.random.default_rng(0).normal(size=(args.volume,) * 3 + (args.channels,))
+    volume = volume.astype(np.float32)
     window = (args.size,) * 3
     start = time.time()
-    scores = inference.sliding_window_predict(predict, volume, window=window, num_classes=4,
+    scores = inference.sliding_window_predict(predict, volume, window=window,
+                                              num_classes=args.classes,
                                               overlap=0.5, batch_size=2, gaussian=True)
     seconds = time.time() - start
     return {"volume": args.volume, "window": args.size, "seconds_with_compile": round(seconds, 2),
@@ -135,10 +154,12 @@ def stage_smoke(args):
     data_dir, workdir = os.path.join(tmp, "task"), os.path.join(tmp, "run")
     n = args.smoke_size + 8
     fixtures.write_tiny_msd(data_dir, num_cases=4, shape=(n, n, n), channels=1)
+    # tiny.flags' settings (as stage_search): at the CPU size the tests' programs.
     cmd = [sys.executable, "-m", "jaxnas.main", "--mode=search", f"--data_dir={data_dir}",
            f"--workdir={workdir}", f"--patch_size={','.join([str(args.smoke_size)] * 3)}",
            "--batch_size=1", f"--width={args.width}", "--num_epochs=10",
-           "--steps_per_epoch=2", "--num_folds=4", "--log_every=5", "--ckpt_every=10",
+           "--steps_per_epoch=2", "--lr_w=0.001", "--betas_w=0.9,0.999",
+           "--eval_batch_size=1", "--num_folds=4", "--log_every=5", "--ckpt_every=10",
            "--budget_minutes=0"]
     start = time.time()
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
@@ -172,6 +193,8 @@ def main():
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--volume", type=int, default=256)
+    p.add_argument("--channels", type=int, default=4, help="image channels (modalities)")
+    p.add_argument("--classes", type=int, default=4, help="labels, background included")
     p.add_argument("--smoke_size", type=int, default=128)
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--limit_scale", type=float, default=1.0,
@@ -182,7 +205,8 @@ def main():
     if args.stage:
         return child(args)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": {
-        k: getattr(args, k) for k in ("size", "width", "volume", "smoke_size")}, "stages": {}}
+        k: getattr(args, k) for k in ("size", "width", "volume", "smoke_size", "channels",
+                                      "classes")}, "stages": {}}
     stages = args.stages.split(",")
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -191,7 +215,8 @@ def main():
         limit = LIMITS[stage] * args.limit_scale
         cmd = [sys.executable, os.path.abspath(__file__), f"--stage={stage}",
                f"--size={args.size}", f"--width={args.width}", f"--volume={args.volume}",
-               f"--smoke_size={args.smoke_size}"]
+               f"--smoke_size={args.smoke_size}", f"--channels={args.channels}",
+               f"--classes={args.classes}"]
         start = time.time()
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit,

@@ -66,6 +66,12 @@ class SearchConfig:
     # Planned runs (jaxnas.planner): > 0 turns the time budget (minutes, compile and
     # evaluation included) into step counts; 0 keeps num_epochs x steps_per_epoch.
     budget_minutes: float = 0.0
+    # Planned runs: > 0 caps the patches so that a training step's activations (the
+    # analytic estimate of spaces/scnas/cost.py, calibrated) fit this many GiB; 0: no cap.
+    memory_gb: float = 0.0
+    # SCNAS/GDAS/DARTS: > 0 adds this x the derived network's expected activation memory
+    # (GiB of a training step, spaces/scnas/cost.py) to alpha's loss (DiNTS-style).
+    memory_weight: float = 0.0
     # SCNAS space: 2 runs the cells on a grid half as fine plus a full-resolution
     # refinement (network.py); 1 is the paper's network.
     stem_stride: int = 1
@@ -130,7 +136,8 @@ def from_flags(f) -> Config:
         num_groups=f.num_groups, coarse_fraction=f.coarse_fraction,
         num_children=f.num_children, lr_controller=f.lr_controller,
         entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches,
-        budget_minutes=f.budget_minutes, stem_stride=f.stem_stride, node_scale=f.node_scale,
+        budget_minutes=f.budget_minutes, memory_gb=f.memory_gb,
+        memory_weight=f.memory_weight, stem_stride=f.stem_stride, node_scale=f.node_scale,
         finetune_fraction=f.finetune_fraction,
         warmup_fraction=f.warmup_fraction, anneal_fraction=f.anneal_fraction,
         lr_schedule=f.lr_schedule, dice_background=f.dice_background, batch_dice=f.batch_dice)
@@ -260,6 +267,11 @@ def _check_ranges(config: Config) -> None:
                          f"got {list(d.patch_size)}")
     if s.budget_minutes < 0:
         raise ValueError(f"--budget_minutes must be >= 0 (0: no budget), got {s.budget_minutes}")
+    if s.memory_gb < 0:
+        raise ValueError(f"--memory_gb must be >= 0 (0: no memory cap), got {s.memory_gb}")
+    if s.memory_weight < 0:
+        raise ValueError(f"--memory_weight must be >= 0 (0: no memory term), "
+                         f"got {s.memory_weight}")
     if s.lr_schedule not in ("constant", "cosine", "poly"):
         raise ValueError(f"--lr_schedule must be constant, cosine or poly, got {s.lr_schedule!r}")
     sp = d.search_patch_size

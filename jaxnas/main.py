@@ -105,6 +105,14 @@ flags.DEFINE_float("budget_minutes", _S.budget_minutes,
                    "included. > 0: the planner sizes the run from the data (plan.json says "
                    "why) and turns the budget into steps; any flag given overrides its "
                    "choice. 0: --num_epochs x --steps_per_epoch, no planner.")
+flags.DEFINE_float("memory_gb", _S.memory_gb,
+                   "Planned runs: device memory (GiB) a training step's activations may use; "
+                   "the planner shrinks the patches to fit (the estimate is in planned.json). "
+                   "0: no memory cap.")
+flags.DEFINE_float("memory_weight", _S.memory_weight,
+                   "scnas/gdas/darts: adds this x the derived network's expected activation "
+                   "memory (GiB of a training step at --patch_size and --batch_size, under "
+                   "softmax(alpha)) to alpha's loss. 0: no memory term.")
 flags.DEFINE_integer("stem_stride", _S.stem_stride,
                      "SCNAS space: 2 runs the cells on a grid half as fine (8x fewer voxels) "
                      "with a full-resolution refinement head; 1 is the paper's network.")

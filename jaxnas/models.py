@@ -13,7 +13,9 @@ topology with its ops) builds its derived network here, with compact params.
 `build(description, impl=..., ce_weight=...)` turns it into a `Model` of pure functions.
 """
 
+import collections
 import functools
+import json
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -57,9 +59,31 @@ def describe(architecture: str, *, in_channels: int, num_classes: int, width: in
     return {"kind": "genotype", "source": architecture, "genotype": genotype, **extra, **common}
 
 
+_BUILT: collections.OrderedDict = collections.OrderedDict()  # The last few Models built.
+_BUILT_KEEP = 8
+
+
 def build(description: dict, *, impl: str = "fast", ce_weight: float = 0.0,
           dice_background: bool = True, batch_dice: bool = False) -> Model:
-    """The Model of a description (module docstring); the loss keywords go to dice_ce."""
+    """The Model of a description (module docstring); the loss keywords go to dice_ce.
+
+    The same arguments give the same Model object in a process, so jitted functions of it
+    (the training step, `probabilities_fn`) are traced once: the folds of an evaluation,
+    the fine-tune's two evaluations and the tests rebuild the same network many times.
+    """
+    key = (json.dumps(description, sort_keys=True, default=repr), impl, ce_weight,
+           dice_background, batch_dice)
+    if key not in _BUILT:
+        _BUILT[key] = _build(description, impl=impl, ce_weight=ce_weight,
+                             dice_background=dice_background, batch_dice=batch_dice)
+        while len(_BUILT) > _BUILT_KEEP:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end(key)
+    return _BUILT[key]
+
+
+def _build(description: dict, *, impl: str, ce_weight: float, dice_background: bool,
+           batch_dice: bool) -> Model:
     kind = description.get("kind")
     if kind not in KINDS:
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
@@ -165,6 +189,11 @@ def c2fnas_model(genotype, description, *, impl, loss_fn) -> Model:
 
 
 def probabilities_fn(model: Model, params):
-    """windows (b, x, y, z, c) -> softmax probabilities, jitted once; params are an
-    argument of the compiled program, not constants baked into it."""
-    return functools.partial(jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, x))), params)
+    """windows (b, x, y, z, c) -> softmax probabilities, jitted once per model; params are
+    an argument of the compiled program, not constants baked into it."""
+    return functools.partial(_probabilities(model), params)
+
+
+@functools.lru_cache(maxsize=_BUILT_KEEP)
+def _probabilities(model: Model):
+    return jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, x)))

@@ -80,7 +80,7 @@ def planned_config(config: config_lib.Config, data: TrainingData,
                              spacing=data.spacing, num_classes=data.dataset.num_classes,
                              num_channels=len(data.dataset.modalities))
     planned = planner.plan(fp, budget_minutes=config.search.budget_minutes,
-                           backend=jax.default_backend())
+                           backend=jax.default_backend(), memory_gb=config.search.memory_gb)
     config, record = planner.apply(config, planned)
     try:  # A flag kept by the user may not fit a planned choice (a patch and the stem).
         config_lib.validate(config)
@@ -88,7 +88,7 @@ def planned_config(config: config_lib.Config, data: TrainingData,
         raise msd.DataError(f"with the planned settings (planned.json): {e}") from None
     fileio.write_json(os.path.join(workdir, "planned.json"),
                       {"fingerprint": fp, "budget_minutes": config.search.budget_minutes,
-                       "choices": record})
+                       "memory_gb": config.search.memory_gb, "choices": record})
     logging.info("plan from %s (budget %g min):", fp, config.search.budget_minutes)
     for name, choice in record.items():
         logging.info("  %s = %s: %s", name, choice["value"], choice["reason"])
@@ -137,18 +137,18 @@ def resolve_impl(impl: str) -> str:
     return "fast" if jax.default_backend() == "cpu" else "xla"
 
 
-def make_model(config: config_lib.Config, in_channels: int, num_classes: int):
+def make_model(search: config_lib.SearchConfig, in_channels: int, num_classes: int):
     """(init_fn(key) -> params, apply_fn(params, image, choice) -> logits) of the supernet.
 
     The choice is what the strategy samples (bilevel.SAMPLERS): an op pair per edge for
     SCNAS and GDAS, softmax weights over all ops for DARTS.
     """
-    impl = resolve_impl(config.search.impl)
+    impl = resolve_impl(search.impl)
     init_fn = functools.partial(network.init_network, in_channels=in_channels,
-                                num_classes=num_classes, width=config.search.width,
-                                stem_stride=config.search.stem_stride,
-                                node_scale=config.search.node_scale)
-    _, dense = bilevel.SAMPLERS[config.search.strategy]
+                                num_classes=num_classes, width=search.width,
+                                stem_stride=search.stem_stride,
+                                node_scale=search.node_scale)
+    _, dense = bilevel.SAMPLERS[search.strategy]
     apply = network.apply_network_dense if dense else network.apply_network
     return init_fn, functools.partial(apply, impl=impl)
 
@@ -189,6 +189,19 @@ LR_WARMUP_STEPS = 20  # Fixed (not a share): the first steps never depend on the
 RESIZE_AT_STEP = 12  # <= LR_WARMUP_STEPS: the steps before it never see the length.
 
 
+@functools.lru_cache(maxsize=8)
+def fixed_programs(model, lr_w: float, betas_w: tuple, lr_schedule: str, mesh):
+    """(tx, jitted training step) of a fixed network, built once per model and settings
+    (models.build returns one Model per description), so folds and reruns in a process
+    trace it once."""
+    tx = fit.make_optimizer(lr_w, betas_w)
+    lr_fn = functools.partial(schedules.lr_factor, warmup_steps=LR_WARMUP_STEPS,
+                              kind=lr_schedule) if lr_schedule != "constant" else None
+    return tx, sharding.compile_step(
+        functools.partial(fit.train_step, loss_fn=model.loss, tx=tx, lr_fn=lr_fn), mesh,
+        has_key=False)
+
+
 def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, writer, *,
                 start_wall: float, mesh, phase: str, eval_shapes=(), eval_passes: int = 1):
     """Trains a fixed network from `params`: the fine-tune phase and --mode=train.
@@ -203,13 +216,8 @@ def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, w
     s = config.search
     patch = config.data.patch_size
     steps_per_epoch = s.steps_per_epoch or max(1, len(cases) // config.data.batch_size)
-    tx = fit.make_optimizer(s.lr_w, s.betas_w)
     planned = s.budget_minutes > 0
-    lr_fn = functools.partial(schedules.lr_factor, warmup_steps=LR_WARMUP_STEPS,
-                              kind=s.lr_schedule) if s.lr_schedule != "constant" else None
-    step_fn = sharding.compile_step(
-        functools.partial(fit.train_step, loss_fn=model.loss, tx=tx, lr_fn=lr_fn), mesh,
-        has_key=False)
+    tx, step_fn = fixed_programs(model, s.lr_w, s.betas_w, s.lr_schedule, mesh)
     put_state, put = sharding.placers(mesh)
     stream = 0 if phase == "train" else 2  # Fine-tune batches: a stream of their own.
 
@@ -244,7 +252,7 @@ def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, w
     else:
         num_steps = s.num_epochs * steps_per_epoch
     plateau_fn = None
-    if lr_fn is None:
+    if s.lr_schedule == "constant":
         plateau_fn = jax.jit(functools.partial(fit.plateau_step, patience=s.plateau_patience))
     manager = checkpoints.make_manager(workdir, "ckpt" if phase == "train" else f"ckpt_{phase}")
     state = checkpoints.restore_or_init(

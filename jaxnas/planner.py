@@ -12,6 +12,10 @@ Rules (why each):
   trains the supernet (two ops per edge, 12 cells), far dearer per voxel than the
   derived network, so it gets a smaller cap; the derived network is fine-tuned and
   evaluated at the full patch (its params do not depend on the patch).
+- Memory (--memory_gb > 0): both caps also keep a batch-2 step's activations within the
+  budget, by the analytic estimate of spaces/scnas/cost.py calibrated against XLA's
+  buffers: the supernet's for the search patch, the dearest derived network's (a conv on
+  every edge) for the training patch, so whatever the search derives fits.
 - Batch 2 (nnU-Net's minimum; with batch Dice, two patches stabilise the Dice term).
 - Width: 16 under 2 hours, else 32 (the paper's). Width 8 gave node widths of 2-16
   channels and a 60k-parameter network that lost to a U-ResNet (BENCHMARKS.md).
@@ -34,6 +38,8 @@ import numpy as np
 
 from jaxnas import config as config_lib
 from jaxnas import inference
+from jaxnas.spaces.scnas import cost
+from jaxnas.spaces.scnas import space
 
 DIVISOR = 16  # Patch axes divisible by 8 (3 reductions) x 2 (the stride-2 stem).
 # Patch voxel caps per budget minute on a CPU (with the stride-2 stem), from the step
@@ -71,7 +77,21 @@ def fit_patch(shape, max_voxels: float) -> tuple[int, int, int]:
         scale *= 0.95
 
 
-def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu") -> dict:
+def memory_bytes_per_voxel(kind: str, *, fp: dict, width: int, stem_stride: int,
+                           batch_size: int) -> float:
+    """Activation bytes per patch voxel of a training step (cost.py, calibrated): kind
+    "search" (the supernet) or "train" (the dearest derived network: a conv on every
+    edge, so any genotype the search finds fits)."""
+    kw = dict(in_channels=fp["num_channels"], num_classes=fp["num_classes"], width=width,
+              patch_size=(64, 64, 64), batch_size=batch_size, stem_stride=stem_stride)
+    if kind == "search":
+        return cost.supernet_activation_bytes(**kw) / 64**3
+    dearest = np.zeros((len(space.CELL_TYPES), space.NUM_EDGES), np.int32)  # conv_3x3x3
+    return cost.derived_activation_bytes(dearest, **kw) / 64**3
+
+
+def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu",
+         memory_gb: float = 0.0) -> dict:
     """{setting: (value, reason)} for a planned run (see the module docstring)."""
     cpu = backend == "cpu"
     median = fp["median_shape"]
@@ -81,20 +101,38 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu") -> dict:
                 "train": min(MAX_VOXELS["train"], CPU_TRAIN_VOXELS_PER_MIN * budget_minutes)}
     else:
         caps = dict(MAX_VOXELS)
+    width, stem, batch = (16 if budget_minutes < 120 else 32), (2 if cpu else 1), 2
+    memory_note = {}
+    if memory_gb > 0:
+        for kind in caps:
+            per_voxel = memory_bytes_per_voxel(kind, fp=fp, width=width, stem_stride=stem,
+                                               batch_size=batch)
+            fits = memory_gb * 2**30 / per_voxel
+            memory_note[kind] = (per_voxel, fits < caps[kind])
+            caps[kind] = min(caps[kind], fits)
     train_patch = fit_patch(median, caps["train"])
     search_patch = fit_patch(median, caps["search"])
+
+    def memory_reason(kind, patch):
+        if not memory_note:
+            return ""
+        per_voxel, binding = memory_note[kind]
+        return (f"; activations ~{per_voxel * np.prod(patch) / 2**30:.2f} GiB of "
+                f"--memory_gb={memory_gb:g}" + (" (the memory cap binds)" if binding else ""))
+
     whole = "holds the whole median case" if all(
         p >= m for p, m in zip(train_patch, median)) else "shrunk to the voxel cap"
     out["patch_size"] = (train_patch, f"median case {median} rounded up to {DIVISOR}; {whole} "
-                         f"(cap {caps['train']:.0f} voxels on {backend})")
+                         f"(cap {caps['train']:.0f} voxels on {backend})"
+                         + memory_reason("train", train_patch))
     out["search_patch_size"] = (search_patch, f"supernet steps cost ~2-4x the derived "
-                                f"network's per voxel: cap {caps['search']:.0f} voxels")
-    out["stem_stride"] = (2 if cpu else 1, "cells on a grid half as fine plus a "
+                                f"network's per voxel: cap {caps['search']:.0f} voxels"
+                                + memory_reason("search", search_patch))
+    out["stem_stride"] = (stem, "cells on a grid half as fine plus a "
                           "full-resolution refinement: a cell network at full resolution "
                           "took 12.5 s per 80x96x80 batch-2 step on 2 CPU cores"
                           if cpu else "the paper's full-resolution network on an accelerator")
-    out["batch_size"] = (2, "nnU-Net's minimum; two patches steady the batch Dice")
-    width = 16 if budget_minutes < 120 else 32
+    out["batch_size"] = (batch, "nnU-Net's minimum; two patches steady the batch Dice")
     out["width"] = (width, f"{budget_minutes:g} min on {backend}: 16 below 2 h, else 32 "
                     "(paper). Small-channel steps are bound by memory traffic, not FLOPs: "
                     "on 2 CPU cores width 16 cost 1.07x width 8 per search iteration and "

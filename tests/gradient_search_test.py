@@ -17,6 +17,7 @@ from jaxnas import config as config_lib
 from jaxnas import evaluation
 from jaxnas import phases
 from jaxnas.io import checkpoints
+from jaxnas.search import bilevel
 from jaxnas.search.strategies import gradient_search
 from jaxnas.spaces import genotype as genotype_lib
 from tests import fixtures
@@ -104,6 +105,25 @@ class SearchRunTest(absltest.TestCase):
         self.assertTrue(all(np.isfinite(np.asarray(x)).all()
                             for x in jax.tree.leaves(restored)))
         self.assertFalse(os.path.exists(os.path.join(workdir, "summary.json")))
+
+
+class MemoryWeightTest(absltest.TestCase):
+    """--memory_weight reaches the search's alpha step (traced only: no compile)."""
+
+    def test_alpha_step_reports_the_memory_term(self):
+        config = config_lib.tiny()
+        search = dataclasses.replace(config.search, memory_weight=0.5)
+        programs = gradient_search.search_programs(search, 1, 3, 2, False, (16, 16, 16), 1)
+        state = jax.eval_shape(lambda: bilevel.init_state(
+            programs.init_params(jax.random.key(0)), bilevel.init_arch(), programs.tx_w,
+            programs.tx_a))
+        batch = {"image": jax.ShapeDtypeStruct((1, 16, 16, 16, 1), np.float32),
+                 "label": jax.ShapeDtypeStruct((1, 16, 16, 16), np.int32)}
+        _, metrics = jax.eval_shape(programs.step_a, state, batch, jax.random.key(0))
+        self.assertIn("train/arch_cost", metrics)
+        plain = gradient_search.search_programs(config.search, 1, 3, 2, False, (16, 16, 16), 1)
+        _, metrics = jax.eval_shape(plain.step_a, state, batch, jax.random.key(0))
+        self.assertNotIn("train/arch_cost", metrics)
 
 
 # A full CLI search subprocess (~40 s): in the slow tier (CI runs it) to keep

@@ -39,6 +39,22 @@ class PlanTest(absltest.TestCase):
         self.assertFalse(plan["eval_mirror"][0])  # left/right labels must not be flipped
         self.assertEqual(planner.plan(FP, budget_minutes=9, backend="gpu")["stem_stride"][0], 1)
 
+    def test_memory_budget_shrinks_the_patches_until_the_estimate_fits(self):
+        free = planner.plan(FP, budget_minutes=9, backend="cpu")
+        for gb in (0.25, 0.05):
+            plan = planner.plan(FP, budget_minutes=9, backend="cpu", memory_gb=gb)
+            for setting, kind in (("patch_size", "train"), ("search_patch_size", "search")):
+                patch, reason = plan[setting]
+                self.assertLessEqual(np.prod(patch), np.prod(free[setting][0]))
+                per_voxel = planner.memory_bytes_per_voxel(kind, fp=FP, width=16,
+                                                           stem_stride=2, batch_size=2)
+                if np.prod(patch) > 16**3:  # The smallest patch is kept whatever it costs.
+                    self.assertLessEqual(per_voxel * np.prod(patch), gb * 2**30, setting)
+                self.assertIn(f"--memory_gb={gb:g}", reason)
+        tight = planner.plan(FP, budget_minutes=9, backend="cpu", memory_gb=0.05)
+        self.assertLess(np.prod(tight["patch_size"][0]), np.prod(free["patch_size"][0]))
+        self.assertIn("the memory cap binds", tight["patch_size"][1])
+
     def test_short_budgets_give_most_of_the_time_to_fine_tuning(self):
         short = planner.plan(FP, budget_minutes=9, backend="cpu")["finetune_fraction"][0]
         long = planner.plan(FP, budget_minutes=240, backend="cpu")["finetune_fraction"][0]

@@ -379,8 +379,11 @@ def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, l
 
 
 def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, loss_fn,
-              tau_fn=None, schedule_fn=None, sample_fn=None):
+              tau_fn=None, schedule_fn=None, sample_fn=None, arch_cost_fn=None):
     """Updates alpha on a validation batch, gradient through the sampled weights.
+
+    arch_cost_fn(arch) -> scalar, if given, is added to the validation loss (a resource
+    term such as `cost.memory_cost`, DiNTS-style; reported as train/arch_cost).
 
     Call it AFTER the `weights_step` of the same iteration, with the same key: that step
     has already advanced `state.step`, so this iteration's tau is tau_fn(step - 1), and
@@ -395,9 +398,11 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, loss
 
     def loss_of_arch(arch):
         op_choice = (sample_fn or sample_edges)(key, arch, sched["tau"], sched["noise"])
-        return _loss(state.params, op_choice, batch, apply_fn, loss_fn)
+        loss = _loss(state.params, op_choice, batch, apply_fn, loss_fn)
+        cost = jnp.float32(0.0) if arch_cost_fn is None else arch_cost_fn(arch)
+        return loss + cost, (loss, cost)
 
-    loss, grads = jax.value_and_grad(loss_of_arch)(state.arch)
+    (_, (loss, cost)), grads = jax.value_and_grad(loss_of_arch, has_aux=True)(state.arch)
     updates, opt_a = tx_a.update(grads, state.opt_a, state.arch)
     arch = optax.apply_updates(state.arch, scaled(updates, sched["lr_a"]))
     metrics = {
@@ -405,21 +410,23 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, loss
         "train/grad_norm_a": optax.tree.norm(grads),
         "arch/entropy": jnp.mean(arch_entropy(arch)),
     }
+    if arch_cost_fn is not None:
+        metrics["train/arch_cost"] = cost
     return state.replace(arch=arch, opt_a=opt_a), metrics
 
 
 def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn=None, schedule_fn=None,
-               sample_fn=None):
+               sample_fn=None, arch_cost_fn=None):
     """(weights_step, arch_step) with the static arguments bound, ready for jax.jit.
 
     sample_fn(key, arch, tau, noise) -> what apply_fn takes as its choice (default SCNAS's
     `sample_edges`; `SAMPLERS` lists the others). Give schedule_fn (planned runs) or
-    tau_fn (the paper's per-epoch tau).
+    tau_fn (the paper's per-epoch tau). arch_cost_fn(arch): a term added to alpha's loss.
     """
     common = dict(apply_fn=apply_fn, tau_fn=tau_fn, schedule_fn=schedule_fn, loss_fn=loss_fn,
                   sample_fn=sample_fn)
     step_w = functools.partial(weights_step, tx_w=tx_w, **common)
-    step_a = functools.partial(arch_step, tx_a=tx_a, **common)
+    step_a = functools.partial(arch_step, tx_a=tx_a, arch_cost_fn=arch_cost_fn, **common)
     return step_w, step_a
 
 

@@ -17,10 +17,12 @@ of the fine-tuned network and, under `searched_theta`, of the searched Theta alo
 import functools
 import os
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 
 from jaxnas import config as config_lib
@@ -57,6 +59,60 @@ def _arch_scalars(arch) -> dict:
     return out
 
 
+class SearchPrograms(NamedTuple):
+    """What a search compiles: the supernet's init, both optimizers, the jitted steps."""
+    init_params: Callable  # key -> supernet params
+    tx_w: optax.GradientTransformation
+    tx_a: optax.GradientTransformation
+    step_w: Callable  # (state, batch, key) -> (state, metrics), jitted, state donated
+    step_a: Callable
+    plateau_fn: Callable | None  # the plateau rule under --lr_schedule=constant
+    mesh: object  # jax.sharding.Mesh, or None for one device
+
+
+@functools.lru_cache(maxsize=4)
+def search_programs(s: config_lib.SearchConfig, in_channels: int, num_classes: int,
+                    steps_per_epoch: int, planned: bool, train_patch: tuple = (),
+                    batch_size: int = 1) -> SearchPrograms:
+    """The search's programs for these static settings, built once per process.
+
+    --memory_weight > 0 adds weight x the derived network's expected activation memory
+    (GiB of a training step at train_patch and batch_size, `cost.memory_cost`) to
+    alpha's loss.
+
+    Memoized so that runs in one process with the same settings (a resumed run, the
+    tests, experiments/device_check.py) reuse the jitted steps instead of tracing the
+    supernet again (about 20 s a time on 2 CPU cores); the device check times these very
+    steps, so its compiles are the search's.
+    """
+    init_params, apply_fn = phases.make_model(s, in_channels, num_classes)
+    tx_w, tx_a = bilevel.make_optimizers(lr_w=s.lr_w, betas_w=s.betas_w, lr_a=s.lr_a,
+                                        betas_a=s.betas_a)
+    sample_fn, _ = bilevel.SAMPLERS[s.strategy]
+    if planned:
+        schedule_fn = functools.partial(_planned_schedule, tau_min=s.tau_min,
+                                        lr_kind=s.lr_schedule)
+    else:
+        schedule_fn = bilevel.paper_schedule(
+            bilevel.make_tau_fn(steps_per_epoch, rate=s.tau_rate, tau_min=s.tau_min))
+    arch_cost_fn = None
+    if s.memory_weight > 0:
+        table = cost.edge_memory_table(width=s.width, patch_size=train_patch,
+                                       batch_size=batch_size, node_scale=s.node_scale,
+                                       stem_stride=s.stem_stride)
+        arch_cost_fn = lambda arch: s.memory_weight * cost.memory_cost(arch, table)  # noqa: E731
+    step_w, step_a = bilevel.make_steps(
+        apply_fn=apply_fn, loss_fn=losses.from_settings(s, num_classes), tx_w=tx_w,
+        tx_a=tx_a, schedule_fn=schedule_fn, sample_fn=sample_fn, arch_cost_fn=arch_cost_fn)
+    mesh = sharding.mesh_from_spec(s.mesh)
+    plateau_fn = None
+    if s.lr_schedule == "constant":
+        plateau_fn = jax.jit(functools.partial(bilevel.plateau_step,
+                                               patience=s.plateau_patience))
+    return SearchPrograms(init_params, tx_w, tx_a, sharding.compile_step(step_w, mesh),
+                          sharding.compile_step(step_a, mesh), plateau_fn, mesh)
+
+
 def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     """Runs (or resumes) the SCNAS search, writes genotype.json and summary.json."""
     start_wall = time.time()
@@ -75,25 +131,10 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
 
     # --- Model, optimizers, steps ---
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
-    init_params, apply_fn = phases.make_model(config, in_channels, num_classes)
-    tx_w, tx_a = bilevel.make_optimizers(lr_w=s.lr_w, betas_w=s.betas_w, lr_a=s.lr_a,
-                                        betas_a=s.betas_a)
-    sample_fn, _ = bilevel.SAMPLERS[s.strategy]
-    if planned:
-        schedule_fn = functools.partial(_planned_schedule, tau_min=s.tau_min,
-                                        lr_kind=s.lr_schedule)
-    else:
-        schedule_fn = bilevel.paper_schedule(
-            bilevel.make_tau_fn(steps_per_epoch, rate=s.tau_rate, tau_min=s.tau_min))
-    step_w, step_a = bilevel.make_steps(
-        apply_fn=apply_fn, loss_fn=losses.from_settings(s, num_classes), tx_w=tx_w,
-        tx_a=tx_a, schedule_fn=schedule_fn, sample_fn=sample_fn)
-    mesh = sharding.mesh_from_spec(s.mesh)
-    step_w, step_a = sharding.compile_step(step_w, mesh), sharding.compile_step(step_a, mesh)
-    plateau_fn = None
-    if s.lr_schedule == "constant":
-        plateau_fn = jax.jit(functools.partial(bilevel.plateau_step,
-                                               patience=s.plateau_patience))
+    programs = search_programs(s, in_channels, num_classes, steps_per_epoch, planned,
+                               tuple(config.data.patch_size), config.data.batch_size)
+    init_params, tx_w, tx_a = programs.init_params, programs.tx_w, programs.tx_a
+    step_w, step_a, mesh = programs.step_w, programs.step_a, programs.mesh
     put_state, put = sharding.placers(mesh)
 
     def iteration(state, step):
@@ -145,7 +186,7 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     state = loop.run(state, schedule=loop.Schedule(num_steps, steps_per_epoch, s.log_every,
                                                    s.ckpt_every),
                      step_fn=iteration, loss_key="train/loss_w", manager=manager,
-                     writer=writer, workdir=workdir, plateau_fn=plateau_fn,
+                     writer=writer, workdir=workdir, plateau_fn=programs.plateau_fn,
                      scalars_fn=scalars, name="search")
     search_seconds = time.time() - start_wall
 
