@@ -44,7 +44,12 @@ case "${1:-}" in
   test)
     shift
     cd "$ROOT"
-    exec "$PY" -m pytest -q tests "$@"
+    # One pytest-xdist worker per core (at most 4: each holds a few GiB while compiling);
+    # a class stays on one worker, so its shared fixture runs once. Flags after `test`
+    # come last and win (`-n 0`: one process, as the slow tier in .ci/run runs).
+    cores="$(nproc 2>/dev/null || echo 1)"
+    workers=$(( cores > 4 ? 4 : (cores < 2 ? 0 : cores) ))
+    exec "$PY" -m pytest -q -n "$workers" --dist loadscope tests "$@"
     ;;
   compare)
     shift
