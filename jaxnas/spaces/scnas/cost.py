@@ -91,7 +91,7 @@ KEPT_MAPS = {"conv_3x3x3": 6.0, "sep_conv_3x3x3_d2": 4.0, "sep_conv_3x3x3_d3": 4
 KEPT_REDUCE = 3.0  # identity at stride 2: the factorized reduce.
 # XLA:CPU's temp bytes / analytic bytes of a batch-2 training step, median over 32^3 and
 # 64^3 (derived: 3 random genotypes; width 16, stem stride 2; 2026-12-04). The calibrated
-# figure was within -12% .. +9% of XLA's (derived) and -13% .. +18% (supernet): XLA's
+# figure was within -12% .. +10% of XLA's (derived) and -13% .. +18% (supernet): XLA's
 # buffers have a fixed part the per-voxel model lacks. BENCHMARKS.md has the table.
 CALIBRATION = {"derived": 1.47, "supernet": 1.11}
 
@@ -104,7 +104,8 @@ def _network_maps(edge_maps, *, in_channels: int, num_classes: int, width: int,
                   patch_size, node_scale: float, stem_stride: int) -> float:
     """Kept floats of one patch: edge_maps(cell type index, edge, stride) gives the kept
     maps of an edge in units of its output (c x voxels); the rest is the fixed plumbing
-    (stem, preprocessing, node sums, concatenations, skips, head, refinement)."""
+    (stem, preprocessing, node sums and concatenations, head, refinement; the skips'
+    1x1x1 convs are left out)."""
     widths = network.node_widths(width, node_scale)
     full = float(np.prod(patch_size))
     voxels = [full / stem_stride**3 / 8**level for level in range(len(widths))]
