@@ -8,6 +8,8 @@ import os
 
 
 STRATEGIES = ("scnas", "gdas", "darts", "random", "ronasmis", "c2fnas")
+# Hand-designed --architecture names: the SCNAS paper's 3D U-ResNet and MONAI's UNet.
+BASELINES = ("uresnet", "unet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Config:
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mode: str = "search"
-    # train / evaluate: a genotype.json, "uresnet" or "random[:SEED]"; empty in evaluate
+    # train / evaluate: a genotype.json, a baseline (BASELINES) or "random[:SEED]"; empty in evaluate
     # mode cross-validates the SCNAS search itself.
     architecture: str = ""
     seed: int = 0
@@ -145,7 +147,7 @@ def from_flags(f) -> Config:
                             gaussian=f.eval_gaussian, mirror=f.eval_mirror)
     # A genotype path is made absolute: fold runs and resumes may start elsewhere.
     architecture = f.architecture
-    if architecture and architecture != "uresnet" and not architecture.startswith("random"):
+    if architecture and architecture not in BASELINES and not architecture.startswith("random"):
         architecture = os.path.abspath(architecture)
     return Config(data=data, search=search, eval=evaluation, mode=f.mode, seed=f.seed,
                   num_preview_batches=f.num_preview_batches, architecture=architecture,
@@ -202,21 +204,22 @@ def validate(config: Config) -> None:
     if s.width < 1 or s.num_epochs < 1 or s.steps_per_epoch < 0:
         raise ValueError("--width and --num_epochs must be >= 1, --steps_per_epoch >= 0")
     if config.mode == "train" and not config.architecture:
-        raise ValueError("--mode=train needs --architecture: a genotype.json, uresnet or random")
+        raise ValueError("--mode=train needs --architecture: a genotype.json, "
+                         f"{', '.join(BASELINES)} or random")
     a = config.architecture
-    if a and a != "uresnet" and not a.startswith("random") and not os.path.isfile(a):
-        raise ValueError(f"--architecture={a}: no such genotype file "
-                         "(expected a genotype.json, uresnet, random or random:SEED)")
+    if a and a not in BASELINES and not a.startswith("random") and not os.path.isfile(a):
+        raise ValueError(f"--architecture={a}: no such genotype file (expected a "
+                         f"genotype.json, {', '.join(BASELINES)}, random or random:SEED)")
     # A genotype file is read here: bad content stops the run before any data work.
     space = "scnas" if a.startswith("random") else (
-        _genotype_space(a) if a and a != "uresnet" else None)
+        _genotype_space(a) if a and a not in BASELINES else None)
     from jaxnas.spaces import registry  # Plain Python, like the genotype read above.
 
     scnas_cells = (space is not None and registry.get(space).has_cells) or (
         searching and s.strategy in ("scnas", "gdas", "darts", "random"))
     node = s.width * s.node_scale
     if scnas_cells and not (node >= 1 and node == int(node)):
-        # Only SCNAS cells have nodes; ronasmis, c2fnas and uresnet ignore --node_scale.
+        # Only SCNAS cells have nodes; ronasmis, c2fnas and the baselines ignore it.
         raise ValueError(f"--width times --node_scale must be a whole number of SCNAS cell "
                          f"node channels (with node_scale 0.25: width divisible by 4), "
                          f"got {s.width} x {s.node_scale} = {node:g}")

@@ -55,7 +55,8 @@ flags.DEFINE_string("splits_file", _D.splits_file, "A splits.json to use instead
 flags.DEFINE_float("alpha_fraction", _D.alpha_fraction, "Share of training cases for alpha.")
 flags.DEFINE_string("architecture", _C.architecture,
                     "train / evaluate: a genotype.json (from a search, on this task or "
-                    "another: transfer), uresnet (3D U-ResNet baseline) or random[:SEED].")
+                    "another: transfer), uresnet (the paper's 3D U-ResNet), unet (MONAI's UNet "
+                    "recipe: channels width..16 width, 2 residual units) or random[:SEED].")
 _INPUT = flags.DEFINE_string("input", "", "predict: a NIfTI file or a folder of them (MSD "
                              "4D files or nnU-Net-style CASE_0000.nii.gz channel files).")
 _OUTPUT = flags.DEFINE_string("output", "", "predict: folder for <case>.nii.gz label maps; "

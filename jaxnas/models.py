@@ -8,7 +8,7 @@ and `evaluate` rebuild exactly what was trained:
 
 A genotype of any space (genotype.py: scnas cells, a ronasmis macro U-Net, a c2fnas
 topology with its ops) builds its derived network here, with compact params.
-    {"kind": "uresnet", "source": "uresnet", "in_channels", "num_classes", "width"}
+    {"kind": "uresnet" | "unet", "source": the same, "in_channels", "num_classes", "width"}
 
 `build(description, impl=..., ce_weight=...)` turns it into a `Model` of pure functions.
 """
@@ -20,6 +20,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from jaxnas import config as config_lib
+from jaxnas.baselines import unet
 from jaxnas.baselines import uresnet
 from jaxnas.nn import losses
 from jaxnas.spaces import c2fnas
@@ -30,7 +32,7 @@ from jaxnas.spaces.scnas import cost
 from jaxnas.spaces.scnas import fixed_network
 from jaxnas.spaces.scnas import network
 
-KINDS = ("genotype", "uresnet")
+KINDS = ("genotype", *config_lib.BASELINES)
 
 
 class Model(NamedTuple):
@@ -43,11 +45,12 @@ class Model(NamedTuple):
 def describe(architecture: str, *, in_channels: int, num_classes: int, width: int,
              seed: int = 0, stem_stride: int = 1,
              node_scale: float = network.DEFAULT_NODE_SCALE) -> dict:
-    """The model description of `--architecture`: "uresnet", "random", "random:SEED" or a
-    genotype.json path (found on this task, or on another one: architecture transfer)."""
+    """The model description of `--architecture`: a baseline name ("uresnet", "unet"),
+    "random", "random:SEED" or a genotype.json path (found on this task, or on another
+    one: architecture transfer)."""
     common = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
-    if architecture == "uresnet":
-        return {"kind": "uresnet", "source": "uresnet", **common}
+    if architecture in config_lib.BASELINES:
+        return {"kind": architecture, "source": architecture, **common}
     if architecture == "random" or architecture.startswith("random:"):
         random_seed = int(architecture.partition(":")[2] or seed)
         return {"kind": "genotype", "source": f"random:{random_seed}",
@@ -104,6 +107,15 @@ def _build(description: dict, *, impl: str, ce_weight: float, dice_background: b
             apply=apply, loss=ds_loss,
             cost=lambda patch: uresnet.uresnet_cost(in_channels=c_in, num_classes=k,
                                                     width=width, patch_size=patch))
+    if kind == "unet":
+        apply = functools.partial(unet.apply_unet, impl=impl)
+        return Model(
+            init=functools.partial(unet.init_unet, in_channels=c_in, num_classes=k,
+                                   width=width),
+            apply=apply,
+            loss=lambda params, batch: loss_fn(apply(params, batch["image"]), batch["label"]),
+            cost=lambda patch: unet.unet_cost(in_channels=c_in, num_classes=k, width=width,
+                                              patch_size=patch))
     genotype = description["genotype"]
     space_model = registry.get(genotype_lib.space_of(genotype)).resolve("model")
     return space_model(genotype, description, impl=impl, loss_fn=loss_fn)

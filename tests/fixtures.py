@@ -67,7 +67,7 @@ def random_ronasmis_choice(rng) -> np.ndarray:
 def conv_macs_in_jaxpr(jaxpr) -> float:
     """Multiply-adds of every conv and matmul XLA is given, upsampling (resize) excluded.
 
-    The reference the analytic cost functions (cost.py, ronasmis, c2fnas, uresnet) are
+    The reference the analytic cost functions (cost.py, ronasmis, c2fnas, uresnet, unet) are
     checked against: it reads the traced program, not the code that counts.
     """
     import jax.extend
@@ -77,7 +77,10 @@ def conv_macs_in_jaxpr(jaxpr) -> float:
         name = eqn.primitive.name
         if name == "conv_general_dilated":
             rhs = eqn.invars[1].aval.shape  # DHWIO
-            total += np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs[:3]) * rhs[3]
+            # A transposed conv (dilated input) counts its taps per input voxel, not per
+            # zero-inserted one.
+            dilated = np.prod(eqn.params["lhs_dilation"])
+            total += np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs[:3]) * rhs[3] / dilated
         elif name == "dot_general":
             (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape

@@ -2,7 +2,7 @@
 
 `--architecture` names it (models.describe): a genotype.json found by a search, on this
 task or on another one (architecture transfer), "uresnet" (the paper's hand-designed
-3D U-ResNet) or "random[:SEED]" (a uniform random op per edge). Same data, patches,
+3D U-ResNet), "unet" (MONAI's UNet, jaxnas/baselines/unet.py) or "random[:SEED]" (a uniform random op per edge). Same data, patches,
 optimiser, plateau rule, checkpoints and evaluation as the search, so results compare.
 Outputs: events, `ckpt/`, `model.json`, `plan.json`, `final/`, `pictures/`, `summary.json`.
 """
