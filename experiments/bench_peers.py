@@ -17,16 +17,21 @@ threads as JAX's XLA:CPU pool (the schedulable cores).
    resolutions 1, 1/2, 1/4, 1/8) and the channel_mul (k / 32) whose parameter count is
    nearest our supernet's (at width 8: filters 2, 4, 8, 16, our node widths).
 2. sliding: sliding-window inference of a --volume^3 volume, roi --roi^3, overlap 0.5,
-   4 windows per batch, constant (uniform) blending, no test-time flips. Ours:
-   inference.sliding_window_predict with a jitted 3D U-ResNet
-   (jaxnas.baselines.uresnet, width --width); MONAI: monai.inferers.
-   sliding_window_inference with a MONAI UNet (channels c..8c, 2 residual units) whose c
-   gives the parameter count nearest ours. Voxels per second, mean over --repeats after
-   a warm-up (ours: the warm-up includes the compile).
+   4 windows per batch, constant (uniform) blending, no test-time flips, the same
+   network on both sides: MONAI's UNet (channels c..16c, strides 2 x 4, 2 residual
+   units, instance norm; c = --unet_width), ported as jaxnas.baselines.unet (checked
+   against MONAI on the same weights by experiments/check_unet_port.py). Ours:
+   inference.sliding_window_predict with the jitted port; MONAI: monai.inferers.
+   sliding_window_inference. Voxels per second, mean over --repeats after a warm-up
+   (ours: the warm-up includes the compile).
+3. train: one training step of that UNet at --train_size^3, batch --train_batch (Dice +
+   CE, Adam 1e-3; ours jitted, donating params and optimizer state), median of --repeats
+   after a warm-up.
 
 Not a test: numbers go to BENCHMARKS.md. Prints a markdown table, then the last line
-`peers search_time_ratio=X sliding_throughput_ratio=Y` (X = ours / MONAI step time, below 1
-means ours faster; Y = ours / MONAI voxels per second, above 1 means ours faster).
+`peers search_time_ratio=X sliding_throughput_ratio=Y train_time_ratio=Z` (X, Z = ours /
+MONAI step time, below 1 means ours faster; Y = ours / MONAI voxels per second, above 1
+means ours faster).
 
     python experiments/bench_peers.py --size 32 --width 8 --repeats 5 --volume 96
 
@@ -209,20 +214,70 @@ def bench_ours_search(args, impl):
     return {"step_s": step_s, "first_s": first_s, "params": num_params}
 
 
+def _ours_unet(args):
+    import jax
+
+    from jaxnas.baselines import unet
+    from jaxnas.nn import ops
+
+    params = unet.init_unet(jax.random.key(0), in_channels=1, num_classes=NUM_CLASSES,
+                            width=args.unet_width)
+    num_params = ops.num_spec_params(
+        unet.unet_spec(in_channels=1, num_classes=NUM_CLASSES, width=args.unet_width))
+    print(f"ours: UNet port width {args.unet_width}: {num_params} params", flush=True)
+    return params, num_params
+
+
+def bench_ours_train(args, impl):
+    import jax
+    import numpy as np
+    import optax
+
+    from jaxnas.baselines import unet
+    from jaxnas.nn import losses
+
+    params, num_params = _ours_unet(args)
+    optimizer = optax.adam(1e-3)
+    rng = np.random.default_rng(0)
+    shape = (args.train_batch, *(args.train_size,) * 3)
+    image = rng.normal(size=(*shape, 1)).astype(np.float32)
+    label = rng.integers(0, NUM_CLASSES, size=shape).astype(np.int32)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state):
+        def loss_fn(p):
+            return losses.dice_ce(unet.apply_unet(p, image, impl=impl), label,
+                                  num_classes=NUM_CLASSES, ce_weight=1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    state = (params, optimizer.init(params))
+    start = time.perf_counter()
+    *state, loss = step(*state)
+    loss.block_until_ready()
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        *state, loss = step(*state)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - start)
+    step_s = sorted(times)[len(times) // 2]
+    print(f"ours: train step {step_s:.3f} s (first, with compile {first_s:.1f} s)", flush=True)
+    return {"step_s": step_s, "first_s": first_s, "params": num_params}
+
+
 def bench_ours_sliding(args, impl):
     import jax
     import numpy as np
 
     from jaxnas import inference
-    from jaxnas.baselines import uresnet
-    from jaxnas.nn import ops
+    from jaxnas.baselines import unet
 
-    params = uresnet.init_uresnet(jax.random.key(0), in_channels=1, num_classes=NUM_CLASSES,
-                                  width=args.width)
-    num_params = ops.num_spec_params(
-        uresnet.uresnet_spec(in_channels=1, num_classes=NUM_CLASSES, width=args.width))
-    print(f"ours: 3D U-ResNet width {args.width}: {num_params} params", flush=True)
-    apply = jax.jit(functools.partial(uresnet.apply_uresnet, impl=impl))
+    params, num_params = _ours_unet(args)
+    apply = jax.jit(functools.partial(unet.apply_unet, impl=impl))
 
     def predict_fn(x):
         return apply(params, x)
@@ -271,7 +326,11 @@ def main():
     parser.add_argument("--roi", type=int, default=32)
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw_batch", type=int, default=4)
-    parser.add_argument("--only", choices=("search", "sliding"), default=None)
+    parser.add_argument("--only", choices=("search", "sliding", "train"), default=None)
+    parser.add_argument("--unet_width", type=int, default=16,
+                        help="the UNet of the sliding and train parts: channels c..16c")
+    parser.add_argument("--train_size", type=int, default=64)
+    parser.add_argument("--train_batch", type=int, default=2)
     parser.add_argument("--skip_install", action="store_true",
                         help="use the existing .venv-peers, install nothing")
     parser.add_argument("--impl", default="auto")
@@ -281,7 +340,7 @@ def main():
     parser.add_argument("--dints_downsample", action="store_true",
                         help="DiNTS stem downsampling (the tutorial's; resolutions 1/2..1/16)")
     args = parser.parse_args()
-    parts = [args.only] if args.only else ["search", "sliding"]
+    parts = [args.only] if args.only else ["search", "sliding", "train"]
 
     try:
         versions = ensure_peers_venv(args.skip_install)
@@ -314,7 +373,13 @@ def main():
             sliding = ["--volume", str(args.volume), "--roi", str(args.roi), "--overlap",
                        str(args.overlap), "--sw_batch", str(args.sw_batch), "--repeats",
                        str(args.repeats)]
-            peer["sliding"] = run_monai("sliding", threads, ours["sliding"]["params"], sliding)
+            peer["sliding"] = run_monai("sliding", threads, ours["sliding"]["params"],
+                                        sliding + ["--unet_width", str(args.unet_width)])
+        if "train" in parts:
+            ours["train"] = bench_ours_train(args, impl)
+            train = ["--size", str(args.train_size), "--batch", str(args.train_batch),
+                     "--repeats", str(args.repeats), "--unet_width", str(args.unet_width)]
+            peer["train"] = run_monai("train", threads, ours["train"]["params"], train)
     except PeersError as err:
         sys.exit(f"bench_peers: {err}")
 
@@ -346,8 +411,20 @@ def main():
              f"{m['first_s']:.1f}", ""),
             ("sliding network params", f"{o['params']:,}", f"{m['params']:,}",
              f"{_ratio(o['params'], m['params']):.3f}"),
-            ("sliding network", f"3D U-ResNet width {args.width}, {o['windows']} windows",
-             f"UNet channels {m['unet_width']}..{8 * m['unet_width']}, 2 res units", ""),
+            ("sliding network", f"UNet port, channels {args.unet_width}.."
+             f"{16 * args.unet_width}, {o['windows']} windows",
+             f"UNet channels {m['unet_width']}..{16 * m['unet_width']}, 2 res units", ""),
+        ]
+    train_ratio = float("nan")
+    if "train" in parts:
+        o, m = ours["train"], peer["train"]
+        train_ratio = _ratio(o["step_s"], m["step_s"])
+        rows += [
+            (f"UNet train step, {args.train_size}^3 batch {args.train_batch} (s, median of "
+             f"{args.repeats})", f"{o['step_s']:.3f}", f"{m['step_s']:.3f}",
+             f"{train_ratio:.3f}"),
+            ("train first step (s; ours includes compile)", f"{o['first_s']:.1f}",
+             f"{m['first_s']:.1f}", ""),
         ]
     print()
     print("| measurement | ours (jaxnas) | MONAI | ours/MONAI |")
@@ -357,7 +434,7 @@ def main():
     print()
     fmt = lambda v: "n/a" if v != v else f"{v:.3f}"  # noqa: E731 - nan when not measured
     print(f"peers search_time_ratio={fmt(search_ratio)} "
-          f"sliding_throughput_ratio={fmt(sliding_ratio)}")
+          f"sliding_throughput_ratio={fmt(sliding_ratio)} train_time_ratio={fmt(train_ratio)}")
 
 
 if __name__ == "__main__":

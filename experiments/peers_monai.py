@@ -1,7 +1,7 @@
 """The MONAI side of experiments/bench_peers.py; runs under .venv-peers (torch + monai).
 
 Never imported by jaxnas and never run with the project's .venv: bench_peers.py starts it
-as `.venv-peers/bin/python experiments/peers_monai.py --part search|sliding ...` and reads
+as `.venv-peers/bin/python experiments/peers_monai.py --part search|sliding|train ...` and reads
 the one line that starts with `PEERS_JSON ` (everything else on stdout, such as MONAI's
 own prints, is passed through as log).
 
@@ -13,8 +13,10 @@ own prints, is passed through as log).
   channel_mul defaults to "auto": the k / 32 (k = 1..16) whose parameter count (weights,
   alphas excluded) is nearest --target_params (the parent passes our supernet's).
 - sliding: monai.inferers.sliding_window_inference (mode "constant") of a MONAI UNet
-  (channels c, 2c, 4c, 8c, strides 2, 2 residual units) on a (1, 1, v, v, v) volume;
-  c defaults to the one whose parameter count is nearest --target_params.
+  (channels c..16c, strides 2, 2, 2, 2, 2 residual units, instance norm: the network
+  jaxnas/baselines/unet.py ports) on a (1, 1, v, v, v) volume; c = --unet_width.
+- train: one training step of the same UNet (DiceCELoss, Adam 1e-3) on a batch of
+  (--batch, 1, s, s, s) random images and labels, s = --size.
 """
 
 import argparse
@@ -156,18 +158,7 @@ def bench_sliding(args, torch, monai):
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import UNet
 
-    def build(c):
-        return UNet(spatial_dims=3, in_channels=1, out_channels=args.classes,
-                    channels=(c, 2 * c, 4 * c, 8 * c), strides=(2, 2, 2), num_res_units=2)
-
-    if args.unet_width == "auto":
-        width, model, params = _nearest(build, _num_params, range(2, 129), args.target_params)
-    else:
-        width = int(args.unet_width)
-        model = build(width)
-        params = _num_params(model)
-    _log(f"UNet channels {(width, 2 * width, 4 * width, 8 * width)} strides (2, 2, 2) "
-         f"num_res_units 2: {params} params")
+    width, model, params = _unet(args, UNet)
     model.eval()
     gen = torch.Generator().manual_seed(0)
     volume = torch.randn((1, 1, args.volume, args.volume, args.volume), generator=gen)
@@ -194,9 +185,55 @@ def bench_sliding(args, torch, monai):
             "params": params, "unet_width": width}
 
 
+def _unet(args, UNet):
+    from monai.networks.layers import Norm
+
+    c = int(args.unet_width)
+    model = UNet(spatial_dims=3, in_channels=1, out_channels=args.classes,
+                 channels=tuple(c * 2**l for l in range(5)), strides=(2, 2, 2, 2),
+                 num_res_units=2, norm=Norm.INSTANCE)
+    params = _num_params(model)
+    _log(f"UNet channels {c}..{16 * c} strides (2, 2, 2, 2) num_res_units 2: {params} params")
+    return c, model, params
+
+
+def bench_train(args, torch, monai):
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    width, model, params = _unet(args, UNet)
+    model.train()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    gen = torch.Generator().manual_seed(0)
+    shape = (args.batch, 1, args.size, args.size, args.size)
+    image = torch.randn(shape, generator=gen)
+    label = torch.randint(0, args.classes, (args.batch, 1, *shape[2:]), generator=gen)
+
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(model(image), label)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    start = time.perf_counter()
+    step()  # Warm-up.
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    step_s = sorted(times)[len(times) // 2]
+    _log(f"train step {step_s:.3f} s (median of {args.repeats})")
+    return {"step_s": step_s, "first_s": first_s, "times": times, "params": params,
+            "unet_width": width}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("search", "sliding"), required=True)
+    parser.add_argument("--part", choices=("search", "sliding", "train"), required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--target_params", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=3)
@@ -212,7 +249,7 @@ def main():
     parser.add_argument("--roi", type=int, default=32)
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw_batch", type=int, default=4)
-    parser.add_argument("--unet_width", default="auto")
+    parser.add_argument("--unet_width", type=int, default=16)
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -228,7 +265,7 @@ def main():
     torch.manual_seed(0)
     _log(f"torch {torch.__version__} (cuda {torch.version.cuda}) monai {monai.__version__} "
          f"threads {torch.get_num_threads()} mkldnn {torch.backends.mkldnn.is_available()}")
-    bench = bench_search if args.part == "search" else bench_sliding
+    bench = {"search": bench_search, "sliding": bench_sliding, "train": bench_train}[args.part]
     result = bench(args, torch, monai)
     result.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
                   monai=monai.__version__, threads=torch.get_num_threads(),

@@ -49,6 +49,7 @@ class ModelsTest(absltest.TestCase):
     def test_describe_each_architecture(self):
         kw = dict(in_channels=1, num_classes=3, width=4)
         self.assertEqual(models.describe("uresnet", **kw)["kind"], "uresnet")
+        self.assertEqual(models.describe("unet", **kw)["kind"], "unet")
         random = models.describe("random:7", **kw)
         self.assertEqual(random["source"], "random:7")
         path = os.path.join(self.create_tempdir().full_path, "genotype.json")

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
+from jaxnas import models
 from jaxnas.baselines import unet
 from jaxnas.nn import losses
 from jaxnas.spaces.scnas import network
@@ -92,6 +93,17 @@ class UNetTest(absltest.TestCase):
         want = unet.unet_cost(in_channels=SHAPE[-1], num_classes=NUM_CLASSES, width=WIDTH,
                               patch_size=SHAPE[1:4])["gflops"] * 1e9
         self.assertAlmostEqual(fixtures.conv_macs_in_jaxpr(jaxpr.jaxpr) / want, 1.0, places=6)
+
+    def test_model_of_architecture_unet(self):
+        description = models.describe("unet", in_channels=SHAPE[-1],
+                                      num_classes=NUM_CLASSES, width=WIDTH)
+        model = models.build(description, impl="xla", ce_weight=1.0)
+        params = jax.eval_shape(model.init, jax.random.key(0))
+        self.assertEqual(jax.tree.structure(params), jax.tree.structure(self.params))
+        batch = {"image": self.image, "label": self.labels}
+        loss = jax.eval_shape(model.loss, params, batch)
+        chex.assert_shape(loss, ())
+        self.assertEqual(model.cost(SHAPE[1:4])["params"], network.num_params(self.params))
 
 
 if __name__ == "__main__":
