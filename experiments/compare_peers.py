@@ -4,7 +4,9 @@
 
 1. jaxnas default flow: `python -m jaxnas.main --flagfile=<task>.flags` (planner,
    SCNAS search, fine-tune, evaluation), timed end to end.
-2. jaxnas 3D U-ResNet: --mode=train --architecture=uresnet, same budget and split.
+2. jaxnas 3D U-ResNet: --mode=train --architecture=uresnet, same budget and split; and
+   jaxnas's port of MONAI's UNet (--architecture=unet), the recipe's network trained with
+   jaxnas's planned recipe, so that network and recipe are told apart.
 3. MONAI UNet (experiments/peer_unet.py in .venv-peers) for the wall-clock jaxnas took.
 Then every system's held-out predictions are written in the ORIGINAL voxel grid (jaxnas
 via --mode=predict) and scored by one scorer (`dice_table`, jaxnas.metrics). Prints a
@@ -74,7 +76,7 @@ def main():
     p.add_argument("--task", default="demo_spatial", choices=["demo", "demo_spatial"])
     p.add_argument("--out", default="")
     p.add_argument("--skip", default="",
-                   help="comma list of rows to skip: scratch,uresnet,monai")
+                   help="comma list of rows to skip: scratch,uresnet,unet,monai")
     args = p.parse_args()
     out = os.path.abspath(args.out or os.path.join(ROOT, "runs", "peers", args.task))
     os.makedirs(out, exist_ok=True)
@@ -127,6 +129,9 @@ def main():
                   "jaxnas searched genotype trained from scratch (same budget)")
     if "uresnet" not in args.skip:
         train_row("uresnet", "uresnet", "jaxnas 3D U-ResNet (train mode, same budget)")
+    if "unet" not in args.skip:
+        train_row("unet", "unet", "jaxnas port of MONAI's UNet, jaxnas recipe (train mode, "
+                  "same budget)")
 
     if "monai" not in args.skip:
         sys.path.insert(0, os.path.join(ROOT, "experiments"))
