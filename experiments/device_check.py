@@ -19,7 +19,7 @@ short lease still leaves numbers in --out (default experiments/device_check.json
 - sliding: sliding-window prediction of a --volume^3 volume with a --size^3 window
   (a random genotype's derived network): seconds and peak memory.
 - smoke: a 20-step SCNAS search at --smoke_size^3 through `python -m jaxnas.main` on a
-  synthetic MSD task; checks that it wrote every output.
+  synthetic MSD task (tiny.flags' settings, impl xla); checks that it wrote every output.
 
 Not a test itself; tests/device_check_test.py runs it at the CPU size.
 """
@@ -160,7 +160,7 @@ def stage_smoke(args):
            "--batch_size=1", f"--width={args.width}", "--num_epochs=10",
            "--steps_per_epoch=2", "--lr_w=0.001", "--betas_w=0.9,0.999",
            "--eval_batch_size=1", "--num_folds=4", "--log_every=5", "--ckpt_every=10",
-           "--budget_minutes=0"]
+           "--budget_minutes=0", "--impl=xla"]
     start = time.time()
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": ROOT})

@@ -20,3 +20,22 @@ from absl import flags  # noqa: E402
 
 # absltest helpers (create_tempdir) read --test_tmpdir; pytest does not parse absl flags.
 flags.FLAGS.mark_as_parsed()
+
+# Tests that compile the tiny SCNAS supernet's two steps (~50 s cold): one xdist worker
+# runs them in collection order, so the device check compiles them into the persistent
+# cache and the search tests read them back, instead of two workers compiling them at
+# the same time.
+TINY_SUPERNET = ("tests/device_check_test.py::DeviceCheckTest",
+                 "tests/gradient_search_test.py::SearchRunTest")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            if nodeid.startswith(TINY_SUPERNET):
+                return "tiny-supernet"
+            return super()._split_scope(nodeid)
+
+    return Scheduler(config, log)
