@@ -101,8 +101,8 @@ class Config:
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mode: str = "search"
-    # train / evaluate: a genotype.json, a baseline (BASELINES) or "random[:SEED]"; empty in evaluate
-    # mode cross-validates the SCNAS search itself.
+    # train / evaluate: a genotype.json, a baseline (BASELINES) or "random[:SEED]"; empty
+    # in evaluate mode cross-validates the SCNAS search itself.
     architecture: str = ""
     seed: int = 0
     num_preview_batches: int = 4  # prepare mode: batches drawn for the summary and PNG.

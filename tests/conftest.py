@@ -30,6 +30,8 @@ TINY_SUPERNET = ("tests/device_check_test.py::DeviceCheckTest",
 
 
 def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadscope":  # as ./run.sh test runs; else xdist's own
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduler(LoadScopeScheduling):
