@@ -34,8 +34,6 @@ each of the 8 output parities (even or odd per axis) its 1 to 8 of the 27 taps, 
 depth-to-space. A conv of the zero-inserted input would read 8x the voxels.
 """
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +42,6 @@ from jaxtyping import Array, Float
 
 from jaxnas.nn import ops
 
-PyTree = Any
 Volume = Float[Array, "b x y z c"]
 
 NUM_LEVELS = 5  # channels (c, 2c, 4c, 8c, 16c): four stride-2 levels and a bottom
