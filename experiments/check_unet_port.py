@@ -22,13 +22,11 @@ sys.path.insert(0, ROOT)
 
 PEER_CODE = r"""
 import sys, numpy as np, torch
-from monai.networks.layers import Norm
-from monai.networks.nets import UNet
-out, size, width, c_in, k = sys.argv[1], *map(int, sys.argv[2:6])
+out, size, width, c_in, k, here = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
+sys.path.insert(0, here)
+from peers_monai import build_unet
 torch.manual_seed(0)
-net = UNet(spatial_dims=3, in_channels=c_in, out_channels=k,
-           channels=tuple(width * 2**l for l in range(5)), strides=(2, 2, 2, 2),
-           num_res_units=2, norm=Norm.INSTANCE).eval()
+net = build_unet(width, k, c_in).eval()
 with torch.no_grad():  # PReLU slopes away from 0.25 so that the mapping of each is tested
     for name, p in net.named_parameters():
         if name.endswith("adn.A.weight"):
@@ -100,7 +98,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "monai.npz")
         subprocess.run([peers, "-c", PEER_CODE, path, str(args.size), str(args.width),
-                        str(args.in_channels), str(args.num_classes)], check=True)
+                        str(args.in_channels), str(args.num_classes),
+                        os.path.join(ROOT, "experiments")], check=True)
         data = dict(np.load(path))
     weights = {n[2:]: v for n, v in data.items() if n.startswith("w:")}
     params = jax.tree.map(jnp.asarray, to_jaxnas(

@@ -22,7 +22,8 @@ import torch
 from monai import transforms as mt
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
+
+from peers_monai import build_unet  # the recipe's UNet, the one jaxnas ports
 
 
 def _cases(data_dir, ids):
@@ -61,9 +62,7 @@ def main():
                                      pos=1, neg=1, num_samples=2, allow_smaller=True)
     pad = mt.SpatialPadd(keys, spatial_size=(64, 64, 64))
     cached = [mt.Compose(base)(c) for c in train]  # Preprocess once (CacheDataset's job).
-    model = UNet(spatial_dims=3, in_channels=1 if cached[0]["image"].ndim == 4 else 1,
-                 out_channels=k, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
-                 num_res_units=2, norm="instance")
+    model = build_unet(16, k)  # channels 16-256, 1 channel in
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     rng = np.random.default_rng(args.seed)

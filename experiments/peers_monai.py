@@ -156,9 +156,8 @@ def bench_search(args, torch, monai):
 
 def bench_sliding(args, torch, monai):
     from monai.inferers import sliding_window_inference
-    from monai.networks.nets import UNet
 
-    width, model, params = _unet(args, UNet)
+    width, model, params = _unet(args)
     model.eval()
     gen = torch.Generator().manual_seed(0)
     volume = torch.randn((1, 1, args.volume, args.volume, args.volume), generator=gen)
@@ -185,13 +184,20 @@ def bench_sliding(args, torch, monai):
             "params": params, "unet_width": width}
 
 
-def _unet(args, UNet):
+def build_unet(width: int, classes: int, in_channels: int = 1):
+    """The recipe's UNet (channels c..16c), the network jaxnas/baselines/unet.py ports;
+    experiments/check_unet_port.py builds it here too."""
     from monai.networks.layers import Norm
+    from monai.networks.nets import UNet
 
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=classes,
+                channels=tuple(width * 2**l for l in range(5)), strides=(2, 2, 2, 2),
+                num_res_units=2, norm=Norm.INSTANCE)
+
+
+def _unet(args):
     c = int(args.unet_width)
-    model = UNet(spatial_dims=3, in_channels=1, out_channels=args.classes,
-                 channels=tuple(c * 2**l for l in range(5)), strides=(2, 2, 2, 2),
-                 num_res_units=2, norm=Norm.INSTANCE)
+    model = build_unet(c, args.classes)
     params = _num_params(model)
     _log(f"UNet channels {c}..{16 * c} strides (2, 2, 2, 2) num_res_units 2: {params} params")
     return c, model, params
@@ -199,9 +205,8 @@ def _unet(args, UNet):
 
 def bench_train(args, torch, monai):
     from monai.losses import DiceCELoss
-    from monai.networks.nets import UNet
 
-    width, model, params = _unet(args, UNet)
+    width, model, params = _unet(args)
     model.train()
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
