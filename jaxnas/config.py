@@ -79,6 +79,7 @@ class SearchConfig:
     stem_stride: int = 1
     # SCNAS space: node width / cell level width (network.py); cell outputs are 4 nodes.
     node_scale: float = 0.25
+    width_growth: int = 2  # SCNAS space: node width factor per level down (paper: 2).
     finetune_fraction: float = 0.0  # Share of the training time fine-tuning the derived net.
     warmup_fraction: float = 0.0  # Planned search: Theta-only share of the search steps.
     anneal_fraction: float = 0.0  # Planned search: share of the bi-level steps annealing tau.
@@ -140,6 +141,7 @@ def from_flags(f) -> Config:
         entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches,
         budget_minutes=f.budget_minutes, memory_gb=f.memory_gb,
         memory_weight=f.memory_weight, stem_stride=f.stem_stride, node_scale=f.node_scale,
+        width_growth=f.width_growth,
         finetune_fraction=f.finetune_fraction,
         warmup_fraction=f.warmup_fraction, anneal_fraction=f.anneal_fraction,
         lr_schedule=f.lr_schedule, dice_background=f.dice_background, batch_dice=f.batch_dice)
@@ -228,6 +230,8 @@ def validate(config: Config) -> None:
         raise ValueError(f"--width times --node_scale must be a whole number of SCNAS cell "
                          f"node channels (with node_scale 0.25: width divisible by 4), "
                          f"got {s.width} x {s.node_scale} = {node:g}")
+    if scnas_cells and s.width_growth < 1:
+        raise ValueError(f"--width_growth must be >= 1, got {s.width_growth}")
     if a.startswith("random:") and not a[len("random:"):].isdigit():
         raise ValueError(f"--architecture={a}: the seed after random: must be an integer")
     if s.mesh:

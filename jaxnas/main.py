@@ -120,6 +120,9 @@ flags.DEFINE_integer("stem_stride", _S.stem_stride,
 flags.DEFINE_float("node_scale", _S.node_scale,
                    "SCNAS space: node width / cell level width; 1/4 gives cell outputs of "
                    "width * 2**level (the paper's channel counts), 1/2 twice the node width.")
+flags.DEFINE_integer("width_growth", _S.width_growth,
+                     "SCNAS space: node width factor per level down (2: the paper's "
+                     "doubling; 3 puts more channels on the coarse, cheap grids). Planned.")
 flags.DEFINE_float("finetune_fraction", _S.finetune_fraction,
                    "Share of the training time that fine-tunes the derived network after a "
                    "search (Theta kept, all training cases).")

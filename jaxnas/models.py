@@ -44,7 +44,8 @@ class Model(NamedTuple):
 
 def describe(architecture: str, *, in_channels: int, num_classes: int, width: int,
              seed: int = 0, stem_stride: int = 1,
-             node_scale: float = network.DEFAULT_NODE_SCALE) -> dict:
+             node_scale: float = network.DEFAULT_NODE_SCALE,
+             width_growth: int = network.DEFAULT_GROWTH) -> dict:
     """The model description of `--architecture`: a baseline name ("uresnet", "unet"),
     "random", "random:SEED" or a genotype.json path (found on this task, or on another
     one: architecture transfer)."""
@@ -55,10 +56,12 @@ def describe(architecture: str, *, in_channels: int, num_classes: int, width: in
         random_seed = int(architecture.partition(":")[2] or seed)
         return {"kind": "genotype", "source": f"random:{random_seed}",
                 "genotype": genotype_lib.random_genotype(random_seed),
-                "stem_stride": stem_stride, "node_scale": node_scale, **common}
+                "stem_stride": stem_stride, "node_scale": node_scale,
+                "width_growth": width_growth, **common}
     genotype = genotype_lib.load_genotype(architecture)  # ValueError names the file.
     cells = registry.get(genotype_lib.space_of(genotype)).has_cells
-    extra = {"stem_stride": stem_stride, "node_scale": node_scale} if cells else {}
+    extra = ({"stem_stride": stem_stride, "node_scale": node_scale,
+              "width_growth": width_growth} if cells else {})
     return {"kind": "genotype", "source": architecture, "genotype": genotype, **extra, **common}
 
 
@@ -128,9 +131,11 @@ def scnas_model(genotype, description, *, impl, loss_fn) -> Model:
     static = fixed_network.static_index(index)
     stride = int(description.get("stem_stride", 1))
     node_scale = float(description.get("node_scale", network.DEFAULT_NODE_SCALE))
+    # Models saved before the growth option have the paper's doubling.
+    width_growth = int(description.get("width_growth", network.DEFAULT_GROWTH))
     init = functools.partial(fixed_network.init_fixed, index=static, in_channels=c_in,
                              num_classes=k, width=width, stem_stride=stride,
-                             node_scale=node_scale)
+                             node_scale=node_scale, width_growth=width_growth)
     apply = functools.partial(fixed_network.apply_fixed, index=static, impl=impl)
 
     def genotype_cost(patch):
@@ -139,7 +144,7 @@ def scnas_model(genotype, description, *, impl, loss_fn) -> Model:
                 "gflops": cost.derived_macs(index, in_channels=c_in, num_classes=k,
                                             width=width, patch_size=patch,
                                             stem_stride=stride,
-                                            node_scale=node_scale) / 1e9,
+                                            node_scale=node_scale, width_growth=width_growth) / 1e9,
                 "patch_size": list(patch)}
 
     return Model(init=init, apply=apply,

@@ -147,7 +147,8 @@ def make_model(search: config_lib.SearchConfig, in_channels: int, num_classes: i
     init_fn = functools.partial(network.init_network, in_channels=in_channels,
                                 num_classes=num_classes, width=search.width,
                                 stem_stride=search.stem_stride,
-                                node_scale=search.node_scale)
+                                node_scale=search.node_scale,
+                                width_growth=search.width_growth)
     _, dense = bilevel.SAMPLERS[search.strategy]
     apply = network.apply_network_dense if dense else network.apply_network
     return init_fn, functools.partial(apply, impl=impl)

@@ -19,6 +19,10 @@ Rules (why each):
 - Batch 2 (nnU-Net's minimum; with batch Dice, two patches stabilise the Dice term).
 - Width: 16 under 2 hours, else 32 (the paper's). Width 8 gave node widths of 2-16
   channels and a 60k-parameter network that lost to a U-ResNet (BENCHMARKS.md).
+- Width growth: node widths triple per level down under 2 hours (4, 12, 36, 108 at
+  width 16), else double (the paper's). A level down has 8x fewer voxels, so coarse
+  channels are cheap: the derived network has ~15x the parameters of the doubling
+  schedule at ~1.2x the step time, and scored higher on the spatial demo (WORKSPACE.md).
 - Loss: Dice over foreground classes (batch Dice) + cross-entropy, as nnU-Net: a Dice
   that includes background rewards predicting background everywhere on small structures.
 - Schedules: a linear lr warm-up, then cosine decay to 0 over each phase; SCNAS phases
@@ -48,6 +52,7 @@ DIVISOR = 16  # Patch axes divisible by 8 (3 reductions) x 2 (the stride-2 stem)
 CPU_SEARCH_VOXELS_PER_MIN = 48**3 / 9
 CPU_TRAIN_VOXELS_PER_MIN = 64**3 / 9
 MAX_VOXELS = {"search": 64**3, "train": 128**3}  # The paper's 128^3 on accelerators.
+GROWTH_SHORT = 3  # Node width factor per level under 2 hours (measured; see `plan`).
 SHORT_BUDGET_MINUTES = 60  # Below it, fine-tuning gets most of the training time.
 EVAL_RESERVE = 0.12  # Share kept for evaluation when the search's share is set (a guess).
 # The evaluation estimate a fine-tune is sized by, once its step time is measured:
@@ -78,12 +83,13 @@ def fit_patch(shape, max_voxels: float) -> tuple[int, int, int]:
 
 
 def memory_bytes_per_voxel(kind: str, *, fp: dict, width: int, stem_stride: int,
-                           batch_size: int) -> float:
+                           batch_size: int, width_growth: int = 2) -> float:
     """Activation bytes per patch voxel of a training step (cost.py, calibrated): kind
     "search" (the supernet) or "train" (the dearest derived network: a conv on every
     edge, so any genotype the search finds fits)."""
     kw = dict(in_channels=fp["num_channels"], num_classes=fp["num_classes"], width=width,
-              patch_size=(64, 64, 64), batch_size=batch_size, stem_stride=stem_stride)
+              patch_size=(64, 64, 64), batch_size=batch_size, stem_stride=stem_stride,
+              width_growth=width_growth)
     if kind == "search":
         return cost.supernet_activation_bytes(**kw) / 64**3
     dearest = np.zeros((len(space.CELL_TYPES), space.NUM_EDGES), np.int32)  # conv_3x3x3
@@ -102,11 +108,12 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu",
     else:
         caps = dict(MAX_VOXELS)
     width, stem, batch = (16 if budget_minutes < 120 else 32), (2 if cpu else 1), 2
+    growth = GROWTH_SHORT if budget_minutes < 120 else 2
     memory_note = {}
     if memory_gb > 0:
         for kind in caps:
             per_voxel = memory_bytes_per_voxel(kind, fp=fp, width=width, stem_stride=stem,
-                                               batch_size=batch)
+                                               batch_size=batch, width_growth=growth)
             fits = memory_gb * 2**30 / per_voxel
             memory_note[kind] = (per_voxel, fits < caps[kind])
             caps[kind] = min(caps[kind], fits)
@@ -137,6 +144,11 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu",
                     "(paper). Small-channel steps are bound by memory traffic, not FLOPs: "
                     "on 2 CPU cores width 16 cost 1.07x width 8 per search iteration and "
                     "scored 0.840 vs 0.819 on the spatial demo")
+    out["width_growth"] = (
+        growth,
+        f"node widths x{GROWTH_SHORT} per level down below 2 h, else x2 (paper): coarse "
+        "grids have 8x fewer voxels a level, so their channels are cheap; on the spatial "
+        "demo (9 min, 2 CPU cores) x3 scored 0.915 mean fg against 0.903 with x2")
     out["dice_background"] = (False, "Dice over foreground classes: background-heavy "
                               "patches otherwise reward all-background output")
     out["batch_dice"] = (True, "Dice summed over the batch (nnU-Net): a class absent from "
@@ -183,7 +195,7 @@ FIELDS = {
     "batch_size": ("data", "batch_size"), "augment": ("data", "augment"),
     "augment_spatial": ("data", "augment_spatial"),
     "fg_fraction": ("data", "fg_fraction"), "width": ("search", "width"),
-    "stem_stride": ("search", "stem_stride"),
+    "stem_stride": ("search", "stem_stride"), "width_growth": ("search", "width_growth"),
     "dice_background": ("search", "dice_background"), "batch_dice": ("search", "batch_dice"),
     "ce_weight": ("search", "ce_weight"), "lr_schedule": ("search", "lr_schedule"),
     "lr_w": ("search", "lr_w"), "betas_w": ("search", "betas_w"), "lr_a": ("search", "lr_a"),

@@ -77,6 +77,18 @@ class ModelsTest(absltest.TestCase):
         self.assertGreater(costs[1]["params"], 2 * costs[0]["params"])  # ~4x: c^2 terms
         self.assertGreater(costs[1]["gflops"], 2 * costs[0]["gflops"])
 
+    def test_width_growth_reaches_the_derived_network_and_old_models_load_as_doubling(self):
+        self.assertEqual(network.node_widths(16, 0.25, 3), (4, 12, 36, 108))
+        kw = dict(in_channels=1, num_classes=3, width=8, stem_stride=1)
+        doubling = models.describe("random:1", **kw)
+        tripling = models.describe("random:1", width_growth=3, **kw)
+        self.assertEqual(tripling["width_growth"], 3)
+        costs = [models.build(d).cost((32,) * 3) for d in (doubling, tripling)]
+        # Coarse levels hold most parameters: x3 per level gives several times as many.
+        self.assertGreater(costs[1]["params"], 3 * costs[0]["params"])
+        saved_before = {k: v for k, v in doubling.items() if k != "width_growth"}
+        self.assertEqual(models.build(saved_before).cost((32,) * 3), costs[0])
+
     def test_validate_architecture(self):
         config = _config("task", "", "no/such/genotype.json")
         with self.assertRaisesRegex(ValueError, "no such genotype file"):

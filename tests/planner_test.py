@@ -47,13 +47,23 @@ class PlanTest(absltest.TestCase):
                 patch, reason = plan[setting]
                 self.assertLessEqual(np.prod(patch), np.prod(free[setting][0]))
                 per_voxel = planner.memory_bytes_per_voxel(kind, fp=FP, width=16,
-                                                           stem_stride=2, batch_size=2)
+                                                           stem_stride=2, batch_size=2,
+                                                           width_growth=planner.GROWTH_SHORT)
                 if np.prod(patch) > 16**3:  # The smallest patch is kept whatever it costs.
                     self.assertLessEqual(per_voxel * np.prod(patch), gb * 2**30, setting)
                 self.assertIn(f"--memory_gb={gb:g}", reason)
         tight = planner.plan(FP, budget_minutes=9, backend="cpu", memory_gb=0.05)
         self.assertLess(np.prod(tight["patch_size"][0]), np.prod(free["patch_size"][0]))
         self.assertIn("the memory cap binds", tight["patch_size"][1])
+
+    def test_short_budgets_widen_the_coarse_levels(self):
+        self.assertEqual(planner.plan(FP, budget_minutes=9)["width_growth"][0],
+                         planner.GROWTH_SHORT)
+        self.assertEqual(planner.plan(FP, budget_minutes=240)["width_growth"][0], 2)
+        # The memory estimate counts the wider coarse levels.
+        kw = dict(fp=FP, width=16, stem_stride=2, batch_size=2)
+        self.assertGreater(planner.memory_bytes_per_voxel("train", width_growth=3, **kw),
+                           planner.memory_bytes_per_voxel("train", width_growth=2, **kw))
 
     def test_short_budgets_give_most_of_the_time_to_fine_tuning(self):
         short = planner.plan(FP, budget_minutes=9, backend="cpu")["finetune_fraction"][0]

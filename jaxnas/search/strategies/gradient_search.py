@@ -99,6 +99,7 @@ def search_programs(s: config_lib.SearchConfig, in_channels: int, num_classes: i
     if s.memory_weight > 0:
         table = cost.edge_memory_table(width=s.width, patch_size=train_patch,
                                        batch_size=batch_size, node_scale=s.node_scale,
+                                       width_growth=s.width_growth,
                                        stem_stride=s.stem_stride)
         arch_cost_fn = lambda arch: s.memory_weight * cost.memory_cost(arch, table)  # noqa: E731
     step_w, step_a = bilevel.make_steps(
@@ -196,7 +197,8 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     description = {"kind": "genotype", "source": f"{s.strategy} search",
                    "genotype": genotype, "in_channels": in_channels,
                    "num_classes": num_classes, "width": s.width,
-                   "stem_stride": s.stem_stride, "node_scale": s.node_scale}
+                   "stem_stride": s.stem_stride, "node_scale": s.node_scale,
+                   "width_growth": s.width_growth}
     model = models.build(description, impl=phases.resolve_impl(s.impl), ce_weight=s.ce_weight,
                          dice_background=s.dice_background, batch_dice=s.batch_dice)
     params = fixed_network.compact_from_supernet(state.params, index)
@@ -228,7 +230,8 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     derived_cost = cost.derived_cost(index, state.params, in_channels=in_channels,
                                      num_classes=num_classes, width=s.width,
                                      patch_size=config.data.patch_size,
-                                     node_scale=s.node_scale)
+                                     node_scale=s.node_scale,
+                                     width_growth=s.width_growth)
     genotype_lib.save_genotype(os.path.join(workdir, "genotype.json"), genotype,
                                extra={"derived": derived_cost})
     genotype_png = os.path.join(workdir, "pictures", "cells.png")

@@ -28,7 +28,8 @@ def _edge_macs(op: str, c: int, voxels: float, stride: int) -> float:
 
 
 def derived_macs(index, *, in_channels: int, num_classes: int, width: int, patch_size,
-                 node_scale: float = network.DEFAULT_NODE_SCALE, stem_stride: int = 1) -> float:
+                 node_scale: float = network.DEFAULT_NODE_SCALE,
+                 width_growth: int = network.DEFAULT_GROWTH, stem_stride: int = 1) -> float:
     """Multiply-adds of one forward pass of the derived network on one patch.
 
     Args:
@@ -37,7 +38,7 @@ def derived_macs(index, *, in_channels: int, num_classes: int, width: int, patch
         full-resolution stage (network.refine_spec).
     """
     index = np.asarray(index)
-    widths = network.node_widths(width, node_scale)
+    widths = network.node_widths(width, node_scale, width_growth)
     full = float(np.prod(patch_size))
     voxels = [full / stem_stride**3 / 8**level for level in range(len(widths))]
     channels = {network.STEM: width}
@@ -65,12 +66,14 @@ def derived_macs(index, *, in_channels: int, num_classes: int, width: int, patch
 
 
 def derived_cost(index, params, *, in_channels: int, num_classes: int, width: int,
-                 patch_size, node_scale: float = network.DEFAULT_NODE_SCALE) -> dict:
+                 patch_size, node_scale: float = network.DEFAULT_NODE_SCALE,
+                 width_growth: int = network.DEFAULT_GROWTH) -> dict:
     """{"params": parameters kept by the derived network, "gflops": 1e9 multiply-adds}."""
     return {
         "params": network.num_params_derived(params, index),
         "gflops": derived_macs(index, in_channels=in_channels, num_classes=num_classes,
                                width=width, patch_size=patch_size, node_scale=node_scale,
+                               width_growth=width_growth,
                                stem_stride=network.stem_stride(params)) / 1e9,
         "patch_size": list(patch_size),
     }
@@ -101,12 +104,13 @@ def _edge_maps(op: str, stride: int) -> float:
 
 
 def _network_maps(edge_maps, *, in_channels: int, num_classes: int, width: int,
-                  patch_size, node_scale: float, stem_stride: int) -> float:
+                  patch_size, node_scale: float, width_growth: int,
+                  stem_stride: int) -> float:
     """Kept floats of one patch: edge_maps(cell type index, edge, stride) gives the kept
     maps of an edge in units of its output (c x voxels); the rest is the fixed plumbing
     (stem, preprocessing, node sums and concatenations, head, refinement; the skips'
     1x1x1 convs are left out)."""
-    widths = network.node_widths(width, node_scale)
+    widths = network.node_widths(width, node_scale, width_growth)
     full = float(np.prod(patch_size))
     voxels = [full / stem_stride**3 / 8**level for level in range(len(widths))]
     total = (in_channels + 3.0 * width) * voxels[0]  # Image, stem conv-norm-activation.
@@ -130,6 +134,7 @@ def _network_maps(edge_maps, *, in_channels: int, num_classes: int, width: int,
 def derived_activation_bytes(index, *, in_channels: int, num_classes: int, width: int,
                              patch_size, batch_size: int,
                              node_scale: float = network.DEFAULT_NODE_SCALE,
+                             width_growth: int = network.DEFAULT_GROWTH,
                              stem_stride: int = 1, calibrated: bool = True) -> float:
     """Bytes of activations a derived network's training step keeps (fp32), from the ops
     chosen: index (4, 14) into space.OP_NAMES."""
@@ -140,12 +145,14 @@ def derived_activation_bytes(index, *, in_channels: int, num_classes: int, width
 
     maps = _network_maps(edge_maps, in_channels=in_channels, num_classes=num_classes,
                          width=width, patch_size=patch_size, node_scale=node_scale,
+                         width_growth=width_growth,
                          stem_stride=stem_stride)
     return 4.0 * batch_size * maps * (CALIBRATION["derived"] if calibrated else 1.0)
 
 
 def supernet_activation_bytes(*, in_channels: int, num_classes: int, width: int, patch_size,
                               batch_size: int, node_scale: float = network.DEFAULT_NODE_SCALE,
+                              width_growth: int = network.DEFAULT_GROWTH,
                               stem_stride: int = 1, calibrated: bool = True) -> float:
     """Bytes of activations a supernet training step keeps. Every switch branch is under
     `jax.checkpoint` (ops.py), so an edge's ops keep nothing; the scan over a cell's edges
@@ -153,18 +160,19 @@ def supernet_activation_bytes(*, in_channels: int, num_classes: int, width: int,
     edge: 2 + NUM_NODES maps per edge."""
     maps = _network_maps(lambda t, e, stride: 2.0 + space.NUM_NODES, in_channels=in_channels,
                          num_classes=num_classes, width=width, patch_size=patch_size,
-                         node_scale=node_scale, stem_stride=stem_stride)
+                         node_scale=node_scale, width_growth=width_growth, stem_stride=stem_stride)
     return 4.0 * batch_size * maps * (CALIBRATION["supernet"] if calibrated else 1.0)
 
 
 def edge_memory_table(*, width: int, patch_size, batch_size: int,
                       node_scale: float = network.DEFAULT_NODE_SCALE,
+                      width_growth: int = network.DEFAULT_GROWTH,
                       stem_stride: int = 1) -> np.ndarray:
     """float (4, 14, 8): calibrated GiB a derived network's training step keeps for op o on
     edge e of cell type t, summed over the cells of that type. Its inner product with a
     one-hot genotype is the edge part of `derived_activation_bytes` (in GiB); with
     softmax(alpha) it is the expected memory a search can penalise (`memory_cost`)."""
-    widths = network.node_widths(width, node_scale)
+    widths = network.node_widths(width, node_scale, width_growth)
     full = float(np.prod(patch_size))
     table = np.zeros((len(space.CELL_TYPES), space.NUM_EDGES, space.NUM_OPS))
     for spec in network.topology():

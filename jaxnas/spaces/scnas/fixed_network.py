@@ -133,6 +133,7 @@ def fixed_spec(
     num_classes: int,
     width: int,
     node_scale: float = network.DEFAULT_NODE_SCALE,
+    width_growth: int = network.DEFAULT_GROWTH,
     stem_stride: int = 1,
 ) -> dict:
     """Param specs of the fixed network for op index (4, 14) (see the module docstring)."""
@@ -140,9 +141,10 @@ def fixed_spec(
     # Stem, skips, out cell (and refinement) are the supernet's: take them from its spec.
     spec = network.network_spec(
         in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale,
+        width_growth=width_growth,
         stem_stride=stem_stride,
     )
-    widths = network.node_widths(width, node_scale)
+    widths = network.node_widths(width, node_scale, width_growth)
     channels = {network.STEM: width}
     cell_specs = []
     for i, cell in enumerate(network.topology()):
@@ -169,6 +171,7 @@ def init_fixed(
     num_classes: int,
     width: int,
     node_scale: float = network.DEFAULT_NODE_SCALE,
+    width_growth: int = network.DEFAULT_GROWTH,
     stem_stride: int = 1,
 ) -> dict:
     """Fresh params of the fixed network for op index (4, 14) (one draw of key).
@@ -180,7 +183,7 @@ def init_fixed(
     """
     specs = fixed_spec(
         index, in_channels=in_channels, num_classes=num_classes, width=width,
-        node_scale=node_scale, stem_stride=stem_stride,
+        node_scale=node_scale, width_growth=width_growth, stem_stride=stem_stride,
     )
     return ops.init_params(key, specs)
 

@@ -23,6 +23,8 @@ alignment conv. Parameters at width 32, 4 channels in, 4 classes: supernet 6.2M;
 networks (one op per edge) 0.33-1.6M, mean 0.88M over random architectures, vs the
 paper's 2.2M (SCNAS) and 2.7M (random). node_scale = 1/2 gives 24M and a 3.4M mean,
 nearer the paper's counts at 4x the conv cost; node_scale = 1 is DARTS' (94M).
+`width_growth` (default 2) replaces the doubling per level: 3 gives node widths
+width / 4 * (1, 3, 9, 27), the planner's choice for short budgets (coarse grids are cheap).
 
 `op_choice` = {"index": int32 (4, 14, 2), "weight": float (4, 14, 2)} per
 space.CELL_TYPES: all cells of a type share the sample; every cell has its own params.
@@ -45,6 +47,7 @@ OpChoice = dict[str, Array]
 STEM = -1  # the stem's position among cell outputs
 NUM_REDUCTIONS = space.CELL_LAYOUT.count("reduction")
 DEFAULT_NODE_SCALE = 0.25
+DEFAULT_GROWTH = 2  # Node width factor per level down (the paper's doubling).
 
 
 class CellSpec(NamedTuple):
@@ -87,14 +90,16 @@ def topology() -> tuple[CellSpec, ...]:
     return tuple(specs)
 
 
-def node_widths(width: int, node_scale: float = DEFAULT_NODE_SCALE) -> tuple[int, ...]:
-    """Node width c_l of the cells at level l = 0..NUM_REDUCTIONS."""
+def node_widths(width: int, node_scale: float = DEFAULT_NODE_SCALE,
+                width_growth: int = DEFAULT_GROWTH) -> tuple[int, ...]:
+    """Node width c_l = width * node_scale * width_growth**l of the cells at level
+    l = 0..NUM_REDUCTIONS."""
     widths = []
     for level in range(NUM_REDUCTIONS + 1):
-        c = width * 2**level * node_scale
+        c = width * width_growth**level * node_scale
         if c < 1 or c != int(c):
             raise ValueError(
-                f"width {width} * 2**{level} * node_scale {node_scale} = {c} "
+                f"width {width} * {width_growth}**{level} * node_scale {node_scale} = {c} "
                 "must be a positive integer (use a width divisible by 4)"
             )
         widths.append(int(c))
@@ -115,7 +120,7 @@ def refine_spec(in_channels: int, num_classes: int, width: int) -> dict:
 
 def network_spec(
     *, in_channels: int, num_classes: int, width: int, node_scale: float = DEFAULT_NODE_SCALE,
-    stem_stride: int = 1,
+    width_growth: int = DEFAULT_GROWTH, stem_stride: int = 1,
 ) -> dict:
     """Param specs of the supernet (see `init_network`).
 
@@ -125,7 +130,7 @@ def network_spec(
     """
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-    widths = node_widths(width, node_scale)
+    widths = node_widths(width, node_scale, width_growth)
     channels = {STEM: width}
     cell_specs, skips = [], {}
     for i, spec in enumerate(topology()):
@@ -165,6 +170,7 @@ def init_network(
     num_classes: int,
     width: int,
     node_scale: float = DEFAULT_NODE_SCALE,
+    width_growth: int = DEFAULT_GROWTH,
     stem_stride: int = 1,
 ) -> dict:
     """Supernet params: {"stem", "cells": [12 cell params], "skips": {str(i): ...}, "out"}
@@ -176,12 +182,14 @@ def init_network(
       num_classes: logits channels (background included).
       width: stem output channels (paper: 32); see the module docstring for the schedule.
       node_scale: node width / cell level width (default 1/4: cell outputs = width * 2**l).
+      width_growth: node width factor per level down (default 2, the paper's doubling).
       stem_stride: 1 (paper) or 2 (cells on a grid half as fine; see `network_spec`).
     """
     return ops.init_params(
         key,
         network_spec(
             in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale,
+            width_growth=width_growth,
             stem_stride=stem_stride,
         ),
     )
