@@ -22,7 +22,8 @@ Rules (why each):
 - Width growth: node widths triple per level down under 2 hours (4, 12, 36, 108 at
   width 16), else double (the paper's). A level down has 8x fewer voxels, so coarse
   channels are cheap: the derived network has ~15x the parameters of the doubling
-  schedule at ~1.2x the step time, and scored higher on the spatial demo (WORKSPACE.md).
+  schedule at ~1.2x the step time; on the spatial demo x3 scored 0.915 and 0.903 in two
+  runs, x2 0.903 and x4 0.906 in one each (BENCHMARKS.md): a small gain at best.
 - Loss: Dice over foreground classes (batch Dice) + cross-entropy, as nnU-Net: a Dice
   that includes background rewards predicting background everywhere on small structures.
 - Schedules: a linear lr warm-up, then cosine decay to 0 over each phase; SCNAS phases
@@ -148,7 +149,8 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu",
         growth,
         f"node widths x{GROWTH_SHORT} per level down below 2 h, else x2 (paper): coarse "
         "grids have 8x fewer voxels a level, so their channels are cheap; on the spatial "
-        "demo (9 min, 2 CPU cores) x3 scored 0.915 mean fg against 0.903 with x2")
+        "demo (9 min, 2 CPU cores) x3 scored 0.915 and 0.903 mean fg in two runs, x2 0.903 "
+        "and x4 0.906 in one each")
     out["dice_background"] = (False, "Dice over foreground classes: background-heavy "
                               "patches otherwise reward all-background output")
     out["batch_dice"] = (True, "Dice summed over the batch (nnU-Net): a class absent from "
