@@ -187,7 +187,7 @@ def training_seconds_left(config: config_lib.Config, start_wall: float) -> float
 LR_WARMUP_STEPS = 20  # Fixed (not a share): the first steps never depend on the budget.
 
 
-RESIZE_AT_STEP = 12  # <= LR_WARMUP_STEPS: the steps before it never see the length.
+RESIZE_AT_STEP = LR_WARMUP_STEPS  # The steps before it never see the length.
 
 
 @functools.lru_cache(maxsize=8)

@@ -54,11 +54,30 @@ class ResizeTest(absltest.TestCase):
         state = self._run(_State(jnp.int32(0), jnp.int32(200)), 200,
                           self._resize(6, 20 * STEP_SECONDS, calls))
         (_, per_step), (_, n) = calls
-        # Steps 2..6 timed (sleep plus overhead); 20 steps' time left after step 6.
+        # Steps 4..6 timed (sleep plus overhead); 20 steps' time left after step 6.
         self.assertBetween(per_step, STEP_SECONDS, 3 * STEP_SECONDS)
         self.assertBetween(n, 6 + 5, 6 + 20)
         self.assertEqual(int(state.step), n)
         self.assertEqual(int(state.horizon), n)
+
+    def test_slow_first_steps_are_not_timed(self):
+        calls = []
+        workdir = self.create_tempdir().full_path
+
+        def slow_start(state, step):  # The first 4 steps 10x slower, as after a compile.
+            time.sleep(9 * STEP_SECONDS if step < 4 else 0.0)
+            return _step(state, step)
+
+        manager = checkpoints.make_manager(workdir)
+        writer = writer_lib.MetricWriter(workdir)
+        try:
+            loop.run(_State(jnp.int32(0), jnp.int32(40)), schedule=loop.Schedule(40, 4, 100, 100),
+                     step_fn=slow_start, loss_key="loss", manager=manager, writer=writer,
+                     workdir=workdir, resize=self._resize(8, 0.0, calls))
+        finally:
+            writer.close()
+        (_, per_step), _ = calls
+        self.assertLess(per_step, 3 * STEP_SECONDS)  # Steps 5..8 only.
 
     def test_grows_a_phase_the_timed_calls_made_too_short(self):
         calls = []
