@@ -86,7 +86,7 @@ def search_step(args):
 def derived_step(args):
     """One training step (fwd, bwd, Adam) of a random genotype's derived network."""
     desc = models.describe(f"random:{args.seed}", in_channels=1, num_classes=args.classes,
-                           width=args.width, stem_stride=2)
+                           width=args.width, stem_stride=2, width_growth=args.width_growth)
     if args.genotype:
         desc["genotype"] = genotype_lib.load_genotype(args.genotype)
     model = models.build(desc, impl=getattr(args, "impl", "fast"), ce_weight=1.0,
@@ -121,6 +121,7 @@ def main():
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--width_growth", type=int, default=2, help="derived: node width factor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--genotype", default="", help="derived: a genotype.json (default random)")
     p.add_argument("--steps", type=int, default=3)

@@ -80,6 +80,8 @@ class SearchConfig:
     # SCNAS space: node width / cell level width (network.py); cell outputs are 4 nodes.
     node_scale: float = 0.25
     width_growth: int = 2  # SCNAS space: node width factor per level down (paper: 2).
+    # SCNAS derived network: loss heads on the coarse decoder levels (nnU-Net's).
+    deep_supervision: bool = False
     finetune_fraction: float = 0.0  # Share of the training time fine-tuning the derived net.
     warmup_fraction: float = 0.0  # Planned search: Theta-only share of the search steps.
     anneal_fraction: float = 0.0  # Planned search: share of the bi-level steps annealing tau.
@@ -141,7 +143,7 @@ def from_flags(f) -> Config:
         entropy_weight=f.entropy_weight, num_val_patches=f.num_val_patches,
         budget_minutes=f.budget_minutes, memory_gb=f.memory_gb,
         memory_weight=f.memory_weight, stem_stride=f.stem_stride, node_scale=f.node_scale,
-        width_growth=f.width_growth,
+        width_growth=f.width_growth, deep_supervision=f.deep_supervision,
         finetune_fraction=f.finetune_fraction,
         warmup_fraction=f.warmup_fraction, anneal_fraction=f.anneal_fraction,
         lr_schedule=f.lr_schedule, dice_background=f.dice_background, batch_dice=f.batch_dice)

@@ -123,6 +123,9 @@ flags.DEFINE_float("node_scale", _S.node_scale,
 flags.DEFINE_integer("width_growth", _S.width_growth,
                      "SCNAS space: node width factor per level down (2: the paper's "
                      "doubling; 3 puts more channels on the coarse, cheap grids). Planned.")
+flags.DEFINE_bool("deep_supervision", _S.deep_supervision,
+                  "SCNAS derived network (fine-tune, train mode): loss heads on the decoder's "
+                  "1/4 and 1/8 resolution levels, weighted as nnU-Net. Planned.")
 flags.DEFINE_float("finetune_fraction", _S.finetune_fraction,
                    "Share of the training time that fine-tunes the derived network after a "
                    "search (Theta kept, all training cases).")

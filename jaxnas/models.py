@@ -45,24 +45,31 @@ class Model(NamedTuple):
 def describe(architecture: str, *, in_channels: int, num_classes: int, width: int,
              seed: int = 0, stem_stride: int = 1,
              node_scale: float = network.DEFAULT_NODE_SCALE,
-             width_growth: int = network.DEFAULT_GROWTH) -> dict:
+             width_growth: int = network.DEFAULT_GROWTH,
+             deep_supervision: bool = False) -> dict:
     """The model description of `--architecture`: a baseline name ("uresnet", "unet"),
     "random", "random:SEED" or a genotype.json path (found on this task, or on another
     one: architecture transfer)."""
     common = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
     if architecture in config_lib.BASELINES:
         return {"kind": architecture, "source": architecture, **common}
+    scnas = scnas_options(stem_stride=stem_stride, node_scale=node_scale,
+                          width_growth=width_growth, deep_supervision=deep_supervision)
     if architecture == "random" or architecture.startswith("random:"):
         random_seed = int(architecture.partition(":")[2] or seed)
         return {"kind": "genotype", "source": f"random:{random_seed}",
-                "genotype": genotype_lib.random_genotype(random_seed),
-                "stem_stride": stem_stride, "node_scale": node_scale,
-                "width_growth": width_growth, **common}
+                "genotype": genotype_lib.random_genotype(random_seed), **scnas, **common}
     genotype = genotype_lib.load_genotype(architecture)  # ValueError names the file.
     cells = registry.get(genotype_lib.space_of(genotype)).has_cells
-    extra = ({"stem_stride": stem_stride, "node_scale": node_scale,
-              "width_growth": width_growth} if cells else {})
+    extra = scnas if cells else {}
     return {"kind": "genotype", "source": architecture, "genotype": genotype, **extra, **common}
+
+
+def scnas_options(*, stem_stride: int, node_scale: float, width_growth: int,
+                  deep_supervision: bool) -> dict:
+    """The SCNAS network's options in a description (model.json)."""
+    return {"stem_stride": stem_stride, "node_scale": node_scale, "width_growth": width_growth,
+            "deep_supervision": deep_supervision}
 
 
 _BUILT: collections.OrderedDict = collections.OrderedDict()  # The last few Models built.
@@ -133,10 +140,18 @@ def scnas_model(genotype, description, *, impl, loss_fn) -> Model:
     node_scale = float(description.get("node_scale", network.DEFAULT_NODE_SCALE))
     # Models saved before the growth option have the paper's doubling.
     width_growth = int(description.get("width_growth", network.DEFAULT_GROWTH))
+    deep_supervision = bool(description.get("deep_supervision", False))  # Absent before.
     init = functools.partial(fixed_network.init_fixed, index=static, in_channels=c_in,
                              num_classes=k, width=width, stem_stride=stride,
-                             node_scale=node_scale, width_growth=width_growth)
+                             node_scale=node_scale, width_growth=width_growth,
+                             deep_supervision=deep_supervision)
     apply = functools.partial(fixed_network.apply_fixed, index=static, impl=impl)
+
+    def loss(params, batch):
+        if not deep_supervision:
+            return loss_fn(apply(params, batch["image"]), batch["label"])
+        logits, aux = apply(params, batch["image"], return_aux=True)
+        return uresnet.deep_supervision_loss(loss_fn, logits, aux, batch["label"])
 
     def genotype_cost(patch):
         params = jax.eval_shape(init, jax.random.key(0))
@@ -147,10 +162,7 @@ def scnas_model(genotype, description, *, impl, loss_fn) -> Model:
                                             node_scale=node_scale, width_growth=width_growth) / 1e9,
                 "patch_size": list(patch)}
 
-    return Model(init=init, apply=apply,
-                 loss=lambda params, batch: loss_fn(apply(params, batch["image"]),
-                                                    batch["label"]),
-                 cost=genotype_cost)
+    return Model(init=init, apply=apply, loss=loss, cost=genotype_cost)
 
 
 def ronasmis_model(genotype, description, *, impl, loss_fn) -> Model:

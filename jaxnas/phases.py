@@ -148,7 +148,8 @@ def make_model(search: config_lib.SearchConfig, in_channels: int, num_classes: i
                                 num_classes=num_classes, width=search.width,
                                 stem_stride=search.stem_stride,
                                 node_scale=search.node_scale,
-                                width_growth=search.width_growth)
+                                width_growth=search.width_growth,
+                                deep_supervision=search.deep_supervision)
     _, dense = bilevel.SAMPLERS[search.strategy]
     apply = network.apply_network_dense if dense else network.apply_network
     return init_fn, functools.partial(apply, impl=impl)

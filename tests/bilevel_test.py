@@ -413,7 +413,7 @@ class PlantedOpTest(absltest.TestCase):
         for t in range(horizon[2]):
             key = jax.random.key(t)
             state, _ = step_w(state, batch(jax.random.fold_in(key, 0)), key)
-            if t >= horizon[0]:
+            if horizon[0] <= t < horizon[1]:  # As a planned search: alpha frozen once annealed.
                 state, _ = step_a(state, batch(jax.random.fold_in(key, 1)), key)
         winners = np.asarray(jnp.argmax(state.arch, axis=-1))
         self.assertGreater(np.mean(winners == self.PLANTED), 0.9)

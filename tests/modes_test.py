@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 from absl.testing import absltest
@@ -88,6 +89,29 @@ class ModelsTest(absltest.TestCase):
         self.assertGreater(costs[1]["params"], 3 * costs[0]["params"])
         saved_before = {k: v for k, v in doubling.items() if k != "width_growth"}
         self.assertEqual(models.build(saved_before).cost((32,) * 3), costs[0])
+
+    def test_deep_supervision_heads_train_and_old_models_load_without_them(self):
+        kw = dict(in_channels=1, num_classes=3, width=8, stem_stride=2)
+        plain = models.describe("random:1", **kw)
+        saved_before = {k: v for k, v in plain.items() if k != "deep_supervision"}
+        for description in (plain, saved_before):
+            self.assertNotIn("aux", jax.eval_shape(models.build(description).init,
+                                                   jax.random.key(0)))
+        supervised = models.build(models.describe("random:1", deep_supervision=True, **kw))
+        params = supervised.init(jax.random.key(0))
+        self.assertEqual(sorted(params["aux"]), [str(i) for i in network.aux_cells()])
+        batch = {"image": jax.random.normal(jax.random.key(1), (1, 32, 32, 32, 1)),
+                 "label": jax.random.randint(jax.random.key(2), (1, 32, 32, 32), 0, 3)}
+        logits, aux = jax.jit(lambda p, x: supervised.apply(p, x, return_aux=True))(
+            params, batch["image"])
+        self.assertEqual(logits.shape, (1, 32, 32, 32, 3))
+        # Heads on the 1/8 and 1/4 grids (the stride-2 stem's cells at levels 2 and 1).
+        self.assertEqual(sorted(a.shape[1] for a in aux), [4, 8])
+        # The aux heads are in the loss: their params get gradients.
+        loss, grads = jax.jit(jax.value_and_grad(supervised.loss))(params, batch)
+        self.assertTrue(bool(jnp.isfinite(loss)))
+        for i in network.aux_cells():
+            self.assertGreater(float(jnp.abs(grads["aux"][str(i)]["w"]).sum()), 0.0)
 
     def test_validate_architecture(self):
         config = _config("task", "", "no/such/genotype.json")

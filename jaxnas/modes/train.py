@@ -35,7 +35,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     description = models.describe(config.architecture, in_channels=in_channels,
                                   num_classes=data.dataset.num_classes, width=s.width,
                                   seed=config.seed, stem_stride=s.stem_stride,
-                                  node_scale=s.node_scale, width_growth=s.width_growth)
+                                  node_scale=s.node_scale, width_growth=s.width_growth,
+                                  deep_supervision=s.deep_supervision)
     model = models.build(description, impl=phases.resolve_impl(s.impl), ce_weight=s.ce_weight,
                          dice_background=s.dice_background, batch_dice=s.batch_dice)
     init_key = jax.random.fold_in(jax.random.key(config.seed), 1)

@@ -141,7 +141,11 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     def iteration(state, step):
         key = jax.random.fold_in(loop_key, step)  # One sample Z for both steps.
         state, m = step_w(state, put(phases.step_batch(theta, config, step, 0, search_patch)), key)
-        if step >= warmup_steps:
+        # A planned search freezes alpha once tau and the noise are annealed: Adam moves
+        # alpha by ~lr_a a step whatever the gradient's size, so near-tied ops kept
+        # swapping after the anneal (a 25-step search changed its argmax there). The last
+        # steps then train the derived network's Theta only, at about half the cost.
+        if step >= warmup_steps and not (planned and step >= horizon[1]):
             state, m_a = step_a(state, put(phases.step_batch(alpha, config, step, 1, search_patch)),
                                 key)
             m = {**m, **m_a}
@@ -197,8 +201,9 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     description = {"kind": "genotype", "source": f"{s.strategy} search",
                    "genotype": genotype, "in_channels": in_channels,
                    "num_classes": num_classes, "width": s.width,
-                   "stem_stride": s.stem_stride, "node_scale": s.node_scale,
-                   "width_growth": s.width_growth}
+                   **models.scnas_options(stem_stride=s.stem_stride, node_scale=s.node_scale,
+                                          width_growth=s.width_growth,
+                                          deep_supervision=s.deep_supervision)}
     model = models.build(description, impl=phases.resolve_impl(s.impl), ce_weight=s.ce_weight,
                          dice_background=s.dice_background, batch_dice=s.batch_dice)
     params = fixed_network.compact_from_supernet(state.params, index)

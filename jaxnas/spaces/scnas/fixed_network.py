@@ -135,14 +135,15 @@ def fixed_spec(
     node_scale: float = network.DEFAULT_NODE_SCALE,
     width_growth: int = network.DEFAULT_GROWTH,
     stem_stride: int = 1,
+    deep_supervision: bool = False,
 ) -> dict:
     """Param specs of the fixed network for op index (4, 14) (see the module docstring)."""
     index = static_index(index)
-    # Stem, skips, out cell (and refinement) are the supernet's: take them from its spec.
+    # Stem, skips, out cell (refinement, aux heads) are the supernet's: take its spec.
     spec = network.network_spec(
         in_channels=in_channels, num_classes=num_classes, width=width, node_scale=node_scale,
-        width_growth=width_growth,
-        stem_stride=stem_stride,
+        width_growth=width_growth, stem_stride=stem_stride,
+        deep_supervision=deep_supervision,
     )
     widths = network.node_widths(width, node_scale, width_growth)
     channels = {network.STEM: width}
@@ -173,22 +174,25 @@ def init_fixed(
     node_scale: float = network.DEFAULT_NODE_SCALE,
     width_growth: int = network.DEFAULT_GROWTH,
     stem_stride: int = 1,
+    deep_supervision: bool = False,
 ) -> dict:
     """Fresh params of the fixed network for op index (4, 14) (one draw of key).
 
     Args:
       key: PRNG key.
       index: int (4, 14) op indices per cell type and edge (static).
-      in_channels, num_classes, width, node_scale: as network.init_network.
+      in_channels, num_classes, width, ...: as network.init_network.
     """
     specs = fixed_spec(
         index, in_channels=in_channels, num_classes=num_classes, width=width,
         node_scale=node_scale, width_growth=width_growth, stem_stride=stem_stride,
+        deep_supervision=deep_supervision,
     )
     return ops.init_params(key, specs)
 
 
-def apply_fixed(params: dict, image: Volume, index, *, impl: str = "fast") -> Logits:
+def apply_fixed(params: dict, image: Volume, index, *, impl: str = "fast",
+                return_aux: bool = False):
     """The fixed network: image (b, x, y, z, in_channels) -> logits (b, x, y, z, k).
 
     Args:
@@ -197,6 +201,7 @@ def apply_fixed(params: dict, image: Volume, index, *, impl: str = "fast") -> Lo
       index: int (4, 14) op indices, static (numpy array or nested tuples; under jax.jit
         pass `static_index(index)` as a static argument or close over it).
       impl: "fast" (XLA:CPU) or "xla" (GPUs); see ops.py.
+      return_aux: (logits, deep supervision logits), as network._forward.
     """
     index = static_index(index)
     network._check_input(params, image, None, None)
@@ -207,7 +212,7 @@ def apply_fixed(params: dict, image: Volume, index, *, impl: str = "fast") -> Lo
         )
 
     # The supernet's forward pass: same stem, wiring, decoder skips and out cell.
-    return network._forward(params, image, cell_fn, impl)
+    return network._forward(params, image, cell_fn, impl, return_aux)
 
 
 def compact_from_supernet(supernet_params: dict, index) -> dict:
