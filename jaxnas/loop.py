@@ -45,10 +45,10 @@ class Resize:
     """Re-sets a planned phase's length once, after `at_step` steps of a fresh run.
 
     The new length is what fits before end_fn(seconds_per_step) (a time.time() value) at
-    the rate of steps at_step // 2 + 1 .. at_step; resize_fn(state, num_steps) -> state puts it in the
-    state's horizon and stores it, so a resumed run replays it. The steps before at_step
-    must not depend on the length (they fall inside the fixed lr warm-up); `run` moves
-    at_step to the first checkpoint if that comes earlier.
+    the rate of steps at_step // 2 + 1 .. at_step; resize_fn(state, num_steps) -> state
+    puts it in the state's horizon and stores it, so a resumed run replays it. The steps
+    before at_step must not depend on the length (they fall inside the fixed lr warm-up);
+    `run` moves at_step to the first checkpoint if that comes earlier.
     """
 
     at_step: int

@@ -168,7 +168,8 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu",
     out["lr_a"] = (0.03, "alpha must move within a few hundred bi-level steps")
     out["warmup_fraction"] = (0.15, "Theta-only steps before alpha moves (ENAS/DARTS warm-up)")
     out["anneal_fraction"] = (0.6, "tau and Gumbel noise reach their floor after 60% of the "
-                              "bi-level steps: the last 40% train the argmax network, alpha frozen")
+                              "bi-level steps: the last 40% train the argmax network, "
+                              "alpha frozen")
     out["tau_min"] = (0.01, "at 0.01 the pair weights are (1, <1e-4): one op per edge")
     short = budget_minutes < SHORT_BUDGET_MINUTES
     out["finetune_fraction"] = (

@@ -465,7 +465,7 @@ def upsample2(x: Volume, *, impl: str = "fast") -> Volume:
     """Trilinear upsampling by 2: (b, x, y, z, c) -> (b, 2x, 2y, 2z, c), both impls.
 
     jax.image.resize, also on CPUs: fwd + bwd 2-4x faster there than the 2-tap separable
-    sums "fast" used before, same values within 5e-7 (2026-12-05, jax 0.10.2; WORKSPACE.md).
+    sums "fast" used before, same values within 5e-7 (jax 0.10.2; WORKSPACE.md).
     """
     _check_impl(impl)
     b, *spatial, c = x.shape
