@@ -215,6 +215,15 @@ def apply_fixed(params: dict, image: Volume, index, *, impl: str = "fast",
     return network._forward(params, image, cell_fn, impl, return_aux)
 
 
+def _row(a, row: int):
+    """a[row], sliced on the host where it can be: an eager a[row] compiles one program per
+    shape (1.6 s of small compiles for a searched network); arrays spread over several
+    hosts are sliced by jax."""
+    if getattr(a, "is_fully_addressable", True):
+        return jnp.asarray(np.asarray(a)[row])
+    return a[row]
+
+
 def compact_from_supernet(supernet_params: dict, index) -> dict:
     """The fixed network's params cut out of supernet params (network.init_network).
 
@@ -232,7 +241,7 @@ def compact_from_supernet(supernet_params: dict, index) -> dict:
             for row, e in enumerate(group):
                 if e in live:
                     op_params = cell_params["edges"][g][space.OP_NAMES[cell_index[e]]]
-                    edges[str(e)] = jax.tree.map(lambda a, row=row: a[row], op_params)
+                    edges[str(e)] = jax.tree.map(lambda a, row=row: _row(a, row), op_params)
         fixed_cells.append({"pre0": cell_params["pre0"], "pre1": cell_params["pre1"],
                             "edges": edges})
     return {**supernet_params, "cells": fixed_cells}
