@@ -215,13 +215,11 @@ def apply_fixed(params: dict, image: Volume, index, *, impl: str = "fast",
     return network._forward(params, image, cell_fn, impl, return_aux)
 
 
-def _row(a, row: int):
-    """a[row], sliced on the host where it can be: an eager a[row] compiles one program per
-    shape (1.6 s of small compiles for a searched network); arrays spread over several
-    hosts are sliced by jax."""
-    if getattr(a, "is_fully_addressable", True):
-        return jnp.asarray(np.asarray(a)[row])
-    return a[row]
+def _on_host(a):
+    """a as numpy where this process holds all of it (single host): slicing it there
+    avoids one small compiled program per shape that an eager a[row] costs (1.6 s for a
+    searched network); arrays spread over several hosts stay jax arrays."""
+    return np.asarray(a) if getattr(a, "is_fully_addressable", True) else a
 
 
 def compact_from_supernet(supernet_params: dict, index) -> dict:
@@ -233,15 +231,19 @@ def compact_from_supernet(supernet_params: dict, index) -> dict:
     """
     index = static_index(index)
     fixed_cells = []
-    for cell, cell_params in zip(network.topology(), supernet_params["cells"]):
+    # One host copy per stacked edge leaf, sliced once per live row below.
+    host_edges = jax.tree.map(_on_host, [c["edges"] for c in supernet_params["cells"]])
+    for cell, cell_params, host in zip(network.topology(), supernet_params["cells"],
+                                       host_edges):
         cell_index = index[cell.type_index]
         live = set(_live_edges(cell_index))
         edges = {}
         for g, (group, _) in enumerate(cells.edge_groups(cell.cell_type)):
             for row, e in enumerate(group):
                 if e in live:
-                    op_params = cell_params["edges"][g][space.OP_NAMES[cell_index[e]]]
-                    edges[str(e)] = jax.tree.map(lambda a, row=row: _row(a, row), op_params)
+                    op_params = host[g][space.OP_NAMES[cell_index[e]]]
+                    edges[str(e)] = jax.tree.map(lambda a, row=row: jnp.asarray(a[row]),
+                                                 op_params)
         fixed_cells.append({"pre0": cell_params["pre0"], "pre1": cell_params["pre1"],
                             "edges": edges})
     return {**supernet_params, "cells": fixed_cells}
