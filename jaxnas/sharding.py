@@ -104,14 +104,60 @@ def make_mesh(axes: dict[str, int], devices=None) -> Mesh:
                          devices=devices)
 
 
+# --- Several processes: keeping them together where gloo would give up ---
+#
+# XLA:CPU's gloo collectives join the processes when a program first runs, and give up
+# after a fixed 30 s (jax 0.10 has no setting for it): a process that reached a new
+# program's first run half a minute after the other (a slower compile on a loaded
+# machine, process 0's pictures) failed the run with "Gloo context initialization
+# failed: DEADLINE_EXCEEDED". Reproduced with a 45 s sleep in one of two processes before
+# a jitted sum; a later run of the same program waited for its peer without limit. So
+# every step program is compiled ahead and its first run waits at a coordination-service
+# barrier (no collective, timeout PEER_BARRIER_SECONDS), and values are agreed through the
+# coordination service's key-value store instead of a collective.
+PEER_BARRIER_SECONDS = 1800  # A peer may still be compiling or writing; a dead one fails sooner (heartbeat).
+_barriers = iter(range(1 << 62))
+
+
+def _client():
+    from jax._src import distributed  # The coordination service client jax.distributed made.
+
+    return distributed.global_state.client
+
+
+def wait_for_peers(name: str) -> None:
+    """Blocks until every process reached this call (the n-th call of each meets the n-th)."""
+    if jax.process_count() > 1:
+        _client().wait_at_barrier(f"jaxnas/{next(_barriers)}/{name}",
+                                  PEER_BARRIER_SECONDS * 1000)
+
+
 def agreed(value: int) -> int:
     """Process 0's value on every process: step counts from each process's own timing
     must be one count, or the processes' SPMD steps would part ways."""
     if jax.process_count() == 1:
         return int(value)
-    from jax.experimental import multihost_utils
+    key = f"jaxnas/agreed/{next(_barriers)}"
+    if jax.process_index() == 0:
+        _client().key_value_set(key, str(int(value)))
+    return int(_client().blocking_key_value_get(key, PEER_BARRIER_SECONDS * 1000))
 
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+class _CompiledTogether:
+    """A jitted step whose first run per argument shape starts on all processes together:
+    compiled ahead, then `wait_for_peers`, then run (see the note above)."""
+
+    def __init__(self, jitted):
+        self._jitted, self._compiled = jitted, {}
+
+    def __call__(self, *args):
+        leaves, treedef = jax.tree.flatten(args)
+        key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x))))
+                              for x in leaves))  # PRNG keys have no numpy dtype.
+        if key not in self._compiled:
+            self._compiled[key] = self._jitted.lower(*args).compile()
+            wait_for_peers("first run")
+        return self._compiled[key](*args)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -170,7 +216,8 @@ def compile_step(step_fn, mesh: Mesh | None, *, has_key: bool = True):
     """jax.jit with the state donated on one device, or `shard_step` on a mesh."""
     if mesh is None:
         return jax.jit(step_fn, donate_argnums=0)
-    return shard_step(step_fn, mesh, has_key=has_key)
+    step = shard_step(step_fn, mesh, has_key=has_key)
+    return _CompiledTogether(step) if jax.process_count() > 1 else step
 
 
 def placers(mesh: Mesh | None):
