@@ -60,7 +60,8 @@ def _loss(logits, label, classes):
 def search_step(args):
     """One SCNAS bi-level iteration (Theta step, then alpha step) of the stride-2 supernet."""
     params = network.init_network(jax.random.key(0), in_channels=1, num_classes=args.classes,
-                                  width=args.width, stem_stride=2)
+                                  width=args.width, stem_stride=2,
+                                  width_growth=args.width_growth)
     arch = bilevel.init_arch(jax.random.key(1))
     tx_w, tx_a = optax.adam(1e-2), optax.adam(3e-2)
 
@@ -121,7 +122,7 @@ def main():
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--width_growth", type=int, default=2, help="derived: node width factor")
+    p.add_argument("--width_growth", type=int, default=2, help="node width factor per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--genotype", default="", help="derived: a genotype.json (default random)")
     p.add_argument("--steps", type=int, default=3)
