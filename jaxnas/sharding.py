@@ -115,7 +115,8 @@ def make_mesh(axes: dict[str, int], devices=None) -> Mesh:
 # every step program is compiled ahead and its first run waits at a coordination-service
 # barrier (no collective, timeout PEER_BARRIER_SECONDS), and values are agreed through the
 # coordination service's key-value store instead of a collective.
-PEER_BARRIER_SECONDS = 1800  # A peer may still be compiling or writing; a dead one fails sooner (heartbeat).
+# A peer may still be compiling or writing; a dead one fails sooner (the heartbeat).
+PEER_BARRIER_SECONDS = 1800
 _barriers = iter(range(1 << 62))
 
 

@@ -108,9 +108,12 @@ class TwoProcessTest(absltest.TestCase):
         # Wait until process 1 runs steps, then kill it.
         deadline = time.time() + TIMEOUT
         while time.time() < deadline and not glob.glob(os.path.join(workdir, "ckpt", "*")):
-            if any(p.poll() is not None for p in procs):  # Died before a step: say why.
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:  # Died before a step: say why instead of waiting out the deadline.
+                for p in procs:
+                    p.kill()
                 self.fail("a process stopped before its first checkpoint:\n"
-                          + _why(procs[0].communicate()[0]))
+                          + _why(dead[0].communicate()[0]))
             time.sleep(1)
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait()

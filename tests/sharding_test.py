@@ -70,6 +70,27 @@ class MakeMeshTest(absltest.TestCase):
             sharding.make_mesh({"data": 2})
 
 
+class CompiledTogetherTest(absltest.TestCase):
+    """The several-process step wrapper, in one process (its barrier is then a no-op)."""
+
+    def test_matches_jit_compiles_once_per_shape_and_takes_keys(self):
+        def step(state, batch, key):
+            return state + batch.sum() + jax.random.uniform(key), {"n": batch.size}
+
+        jitted = jax.jit(step)
+        wrapped = sharding._CompiledTogether(jax.jit(step))
+        key = jax.random.key(3)
+        for shape in ((2, 3), (2, 3), (4,)):
+            batch = jax.numpy.ones(shape)
+            got, want = wrapped(1.0, batch, key), jitted(1.0, batch, key)
+            self.assertEqual(float(got[0]), float(want[0]))
+            self.assertEqual(int(got[1]["n"]), int(want[1]["n"]))
+        self.assertLen(wrapped._compiled, 2)
+
+    def test_agreed_is_the_value_in_one_process(self):
+        self.assertEqual(sharding.agreed(7), 7)
+
+
 # About 100 s of compiles for 4 simulated devices on 2 cores: in the slow tier (CI runs it)
 # so that `./run.sh test` stays under 10 minutes from a cold compile cache.
 @unittest.skipUnless(os.environ.get("JAXNAS_SLOW_TESTS") == "1",
