@@ -25,6 +25,7 @@ spans the global device list; every process draws the same whole batch from the 
 """
 
 import functools
+import itertools
 import math
 
 import jax
@@ -117,7 +118,7 @@ def make_mesh(axes: dict[str, int], devices=None) -> Mesh:
 # coordination service's key-value store instead of a collective.
 # A peer may still be compiling or writing; a dead one fails sooner (the heartbeat).
 PEER_BARRIER_SECONDS = 1800
-_barriers = iter(range(1 << 62))
+_barriers = itertools.count()  # The n-th barrier or value of each process meets the n-th.
 
 
 def _client():
