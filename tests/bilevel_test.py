@@ -320,6 +320,54 @@ class StepsTest(absltest.TestCase):
         iteration(state, self.batch_w, self.batch_a, jax.random.key(20))
         self.assertEqual(int(state.step), 3)
 
+    def test_one_program_iteration_equals_the_two_steps_where_alpha_trains(self):
+        iteration = jax.jit(bilevel.make_iteration(self.step_w, self.step_a, planned=True))
+        batches, key = {"w": self.batch_w, "a": self.batch_a}, jax.random.key(6)
+        for horizon, step, alpha_on in (((1, 3, 9), 1, True), ((1, 3, 9), 0, False),
+                                        ((1, 3, 9), 3, False)):
+            state = self.state.replace(horizon=jnp.asarray(horizon, jnp.int32),
+                                       step=jnp.asarray(step, jnp.int32))
+            self.assertEqual(bool(bilevel.arch_updates(step, horizon, planned=True)), alpha_on)
+            expected, m_w = self.jit_w(state, self.batch_w, key)
+            if alpha_on:
+                expected, m_a = self.jit_a(expected, self.batch_a, key)
+            got, (got_w, got_a) = iteration(state, batches, key)
+            chex.assert_trees_all_close(got.params, expected.params, rtol=1e-5, atol=1e-6)
+            chex.assert_trees_all_close(got.arch, expected.arch, rtol=1e-5, atol=1e-6)
+            chex.assert_trees_all_close(got_w, m_w, rtol=1e-5)
+            if alpha_on:
+                chex.assert_trees_all_close(got_a, m_a, rtol=1e-5)
+            else:
+                chex.assert_trees_all_equal(got.arch, state.arch)
+                self.assertEqual(float(got_a["train/loss_a"]), 0.0)
+        # Without a plan alpha trains from the warm-up's end to the last step.
+        self.assertTrue(bilevel.arch_updates(7, (1, 0, 9), planned=False))
+        self.assertFalse(bilevel.arch_updates(0, (1, 0, 9), planned=False))
+
+    def test_past_the_anneal_the_step_trains_the_argmax_network(self):
+        def schedule_fn(step, horizon):  # tau and noise high: a sample would rarely be argmax
+            return {"tau": jnp.float32(1.0), "noise": jnp.float32(1.0), "lr_w": 1.0,
+                    "lr_a": 1.0, "argmax": schedules.annealed(step, horizon)}
+
+        step_w, _ = bilevel.make_steps(apply_fn=toy_apply, loss_fn=self.loss_fn,
+                                       tx_w=self.tx_w, tx_a=self.tx_a,
+                                       schedule_fn=schedule_fn)
+        argmax = bilevel.choice_from_indices(jnp.argmax(self.state.arch, axis=-1))
+        key = jax.random.key(5)
+        sampled = bilevel.sample_edges(key, self.state.arch, jnp.float32(1.0))
+        for horizon, step, expected in (((1, 3, 9), 3, argmax), ((1, 3, 9), 2, sampled),
+                                        ((0, 0, 9), 5, sampled)):
+            state = self.state.replace(horizon=jnp.asarray(horizon, jnp.int32),
+                                       step=jnp.asarray(step, jnp.int32))
+            _, metrics = jax.jit(step_w)(state, self.batch_w, key)
+            logits = toy_apply(state.params, self.batch_w["image"], expected)
+            np.testing.assert_allclose(metrics["train/loss_w"],
+                                       self.loss_fn(logits, self.batch_w["label"]), rtol=1e-5)
+        self.assertFalse(np.array_equal(sampled["index"][..., 0], argmax["index"][..., 0]))
+        dense = bilevel.argmax_choice(self.state.arch, jnp.zeros(bilevel.ARCH_SHAPE))
+        np.testing.assert_array_equal(jnp.argmax(dense, -1), argmax["index"][..., 0])
+        np.testing.assert_array_equal(dense.sum(-1), 1.0)
+
     def test_derive_choice_runs_in_the_network(self):
         logits = toy_apply(self.state.params, self.batch_a["image"],
                            bilevel.choice_from_indices(jnp.argmax(self.state.arch, axis=-1)))

@@ -1,6 +1,8 @@
 """The planner's rules (jaxnas.planner) and the schedules it plans (jaxnas.schedules)."""
 
 import dataclasses
+import time
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
@@ -112,6 +114,22 @@ class PlanTest(absltest.TestCase):
         self.assertAlmostEqual(eight, 8 * one)
         both = planner.eval_seconds([(32, 32, 32)] * 3, mirror=True, passes=2, **kw) - fixed
         self.assertAlmostEqual(both, 3 * 2 * 8 * one)
+
+    def test_step_timing_stops_once_enough_time_passed(self):
+        calls = []
+
+        def slow(state):
+            calls.append(state)
+            time.sleep(0.05)
+            return state + 1
+
+        with mock.patch.object(phases, "TIMING_SECONDS", 0.08):
+            seconds = phases.time_steps(slow, np.zeros(()), repeats=5)
+        self.assertLen(calls, 3)  # the warm-up call, then two timed calls reach 0.08 s
+        self.assertBetween(seconds, 0.04, 0.5)
+        calls.clear()
+        phases.time_steps(slow, np.zeros(()), repeats=2)  # under the limit: all repeats
+        self.assertLen(calls, 3)
 
 
 class SchedulesTest(absltest.TestCase):

@@ -335,6 +335,29 @@ def _loss(params, op_choice, batch, apply_fn, loss_fn):
     return loss_fn(logits, batch["label"])
 
 
+def argmax_choice(arch: ArchLogits, like) -> Any:
+    """The derived network as a choice of the form `like` (a sampler's output): one op
+    per edge, argmax alpha, weight 1; the pair form's second slot is the free zero op
+    (`choice_from_indices`), the dense form (DARTS) one-hot weights."""
+    best = jnp.argmax(jax.lax.stop_gradient(arch), axis=-1)
+    if isinstance(like, dict):
+        return choice_from_indices(best)
+    return jax.nn.one_hot(best, arch.shape[-1], dtype=arch.dtype)
+
+
+def _choice(sample_fn, key, arch, sched):
+    """This step's choice: the sampler's, or from sched["argmax"] (a traced bool: a
+    planned search past its anneal) the argmax network exactly. The sampler's Z then
+    differs from it only by a few edges whose top two ops lie within ~tau_min, yet pays
+    for a second op on every edge (measured: a 48^3 Theta step 1.2 s instead of 1.9 s)."""
+    choice = (sample_fn or sample_edges)(key, arch, sched["tau"], sched["noise"])
+    if "argmax" not in sched:
+        return choice
+    fixed = argmax_choice(arch, choice)
+    return jax.tree.map(lambda f, c: jnp.where(sched["argmax"], f, c).astype(c.dtype),
+                        fixed, choice)
+
+
 def paper_schedule(tau_fn):
     """The paper's schedule_fn: tau_fn(step) (per epoch), full noise, constant lr."""
 
@@ -363,7 +386,7 @@ def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, l
       (state with new params, opt_w and step + 1, metrics of finite float32 scalars).
     """
     sched = (schedule_fn or paper_schedule(tau_fn))(state.step, state.horizon)
-    op_choice = (sample_fn or sample_edges)(key, state.arch, sched["tau"], sched["noise"])
+    op_choice = _choice(sample_fn, key, state.arch, sched)
     loss, grads = jax.value_and_grad(_loss)(state.params, op_choice, batch, apply_fn, loss_fn)
     updates, opt_w = tx_w.update(grads, state.opt_w, state.params)
     params = optax.apply_updates(state.params, scaled(updates, sched["lr_w"]))
@@ -397,7 +420,7 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, loss
                                                     state.horizon)
 
     def loss_of_arch(arch):
-        op_choice = (sample_fn or sample_edges)(key, arch, sched["tau"], sched["noise"])
+        op_choice = _choice(sample_fn, key, arch, sched)
         loss = _loss(state.params, op_choice, batch, apply_fn, loss_fn)
         cost = jnp.float32(0.0) if arch_cost_fn is None else arch_cost_fn(arch)
         return loss + cost, (loss, cost)
@@ -428,6 +451,39 @@ def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn=None, schedule_fn=None,
     step_w = functools.partial(weights_step, tx_w=tx_w, **common)
     step_a = functools.partial(arch_step, tx_a=tx_a, arch_cost_fn=arch_cost_fn, **common)
     return step_w, step_a
+
+
+def arch_updates(step, horizon, *, planned: bool):
+    """Whether iteration `step` updates alpha (a traced bool): from warmup_end on, and
+    for a planned search only until anneal_end (alpha is then frozen: Adam moves it by
+    ~lr_a a step whatever the gradient, so near-tied ops kept swapping after the anneal)."""
+    on = step >= horizon[0]
+    return (on & (step < horizon[1])) if planned else on
+
+
+def make_iteration(step_w, step_a, *, planned: bool):
+    """One bi-level iteration as ONE program: `step_w` on batches["w"], then, where
+    `arch_updates`, `step_a` on batches["a"] with the same key (one Z for both).
+
+    (state, batches, key) -> (state, (metrics_w, metrics_a)); metrics_a are zeros where
+    the alpha step did not run (`arch_updates` says where, on the host too). One program
+    for both steps compiles in 0.77x the time of the two and runs 0.94x (48^3 supernet,
+    width 16, 2 CPU cores, WORKSPACE.md); `lax.cond` skips the alpha step where it is off.
+    """
+
+    def iteration(state, batches, key):
+        state, metrics_w = step_w(state, batches["w"], key)
+        on = arch_updates(state.step - 1, state.horizon, planned=planned)
+
+        def skip(st):
+            shapes = jax.eval_shape(step_a, st, batches["a"], key)[1]
+            return st, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        state, metrics_a = jax.lax.cond(on, lambda st: step_a(st, batches["a"], key), skip,
+                                        state)
+        return state, (metrics_w, metrics_a)
+
+    return iteration
 
 
 # --- Gradient-based strategies on the SCNAS space: what each samples per step ---

@@ -8,7 +8,8 @@ state (a resumed run reads them back and replays exactly the same schedule).
 Search (SCNAS phases): steps [0, warmup_end) train Theta only at tau = 1; over
 [warmup_end, anneal_end) tau falls geometrically from 1 to tau_min and the Gumbel noise
 scale linearly from 1 to 0; from anneal_end on the sample is the argmax of alpha with
-weights ~(1, 0), i.e. the derived architecture Theta is then trained as. That is SCNAS's
+weights ~(1, 0), and from then on the step runs the argmax network exactly (one op
+per edge, `annealed`), i.e. the derived architecture Theta is then trained as. That is SCNAS's
 argument for keeping Theta (training-time and test-time networks coincide), made to hold
 before the end instead of only as tau -> 0 at epoch 277 of 400.
 """
@@ -32,6 +33,13 @@ def annealed_tau(step, horizon, *, tau_min: float):
 def gumbel_noise_scale(step, horizon):
     """1 until warmup_end, 0 from anneal_end: the sample becomes argmax(alpha)."""
     return 1.0 - progress(step, horizon[0], horizon[1])
+
+
+def annealed(step, horizon):
+    """True from anneal_end on (a bi-level phase was planned): the search then trains the
+    argmax network exactly, one op per edge (bilevel.argmax_choice)."""
+    step = jnp.asarray(step, jnp.int32)
+    return (step >= horizon[1]) & (horizon[1] > horizon[0])
 
 
 def lr_factor(step, horizon, *, warmup_steps: int, kind: str = "cosine"):
