@@ -63,8 +63,8 @@ def supernet_row(args, size):
         programs.tx_a))
     key = jax.eval_shape(lambda: jax.random.key(0))
     batch = _batch(size, args.batch, args.channels)
-    compiled = programs.iteration.lower(state, {"w": batch, "a": batch}, key).compile()
-    temp = compiled.memory_analysis().temp_size_in_bytes
+    temp = max(s.lower(state, batch, key).compile().memory_analysis().temp_size_in_bytes
+               for s in (programs.step_w, programs.step_a))
     estimate = cost.supernet_activation_bytes(
         in_channels=args.channels, num_classes=args.classes, width=args.width,
         patch_size=(size,) * 3, batch_size=args.batch, stem_stride=args.stem_stride,

@@ -320,30 +320,6 @@ class StepsTest(absltest.TestCase):
         iteration(state, self.batch_w, self.batch_a, jax.random.key(20))
         self.assertEqual(int(state.step), 3)
 
-    def test_one_program_iteration_equals_the_two_steps_where_alpha_trains(self):
-        iteration = jax.jit(bilevel.make_iteration(self.step_w, self.step_a, planned=True))
-        batches, key = {"w": self.batch_w, "a": self.batch_a}, jax.random.key(6)
-        for horizon, step, alpha_on in (((1, 3, 9), 1, True), ((1, 3, 9), 0, False),
-                                        ((1, 3, 9), 3, False)):
-            state = self.state.replace(horizon=jnp.asarray(horizon, jnp.int32),
-                                       step=jnp.asarray(step, jnp.int32))
-            self.assertEqual(bool(bilevel.arch_updates(step, horizon, planned=True)), alpha_on)
-            expected, m_w = self.jit_w(state, self.batch_w, key)
-            if alpha_on:
-                expected, m_a = self.jit_a(expected, self.batch_a, key)
-            got, (got_w, got_a) = iteration(state, batches, key)
-            chex.assert_trees_all_close(got.params, expected.params, rtol=1e-5, atol=1e-6)
-            chex.assert_trees_all_close(got.arch, expected.arch, rtol=1e-5, atol=1e-6)
-            chex.assert_trees_all_close(got_w, m_w, rtol=1e-5)
-            if alpha_on:
-                chex.assert_trees_all_close(got_a, m_a, rtol=1e-5)
-            else:
-                chex.assert_trees_all_equal(got.arch, state.arch)
-                self.assertEqual(float(got_a["train/loss_a"]), 0.0)
-        # Without a plan alpha trains from the warm-up's end to the last step.
-        self.assertTrue(bilevel.arch_updates(7, (1, 0, 9), planned=False))
-        self.assertFalse(bilevel.arch_updates(0, (1, 0, 9), planned=False))
-
     def test_past_the_anneal_the_step_trains_the_argmax_network(self):
         def schedule_fn(step, horizon):  # tau and noise high: a sample would rarely be argmax
             return {"tau": jnp.float32(1.0), "noise": jnp.float32(1.0), "lr_w": 1.0,
