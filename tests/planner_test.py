@@ -1,7 +1,6 @@
 """The planner's rules (jaxnas.planner) and the schedules it plans (jaxnas.schedules)."""
 
 import dataclasses
-import time
 from unittest import mock
 
 import numpy as np
@@ -116,20 +115,21 @@ class PlanTest(absltest.TestCase):
         self.assertAlmostEqual(both, 3 * 2 * 8 * one)
 
     def test_step_timing_stops_once_enough_time_passed(self):
-        calls = []
+        clock = [0.0]  # a fake clock: each call of the step takes exactly 1 s
 
-        def slow(state):
-            calls.append(state)
-            time.sleep(0.05)
+        def step(state):
+            clock[0] += 1.0
             return state + 1
 
-        with mock.patch.object(phases, "TIMING_SECONDS", 0.08):
-            seconds = phases.time_steps(slow, np.zeros(()), repeats=5)
-        self.assertLen(calls, 3)  # the warm-up call, then two timed calls reach 0.08 s
-        self.assertBetween(seconds, 0.04, 0.5)
-        calls.clear()
-        phases.time_steps(slow, np.zeros(()), repeats=2)  # under the limit: all repeats
-        self.assertLen(calls, 3)
+        with mock.patch.object(phases.time, "time", lambda: clock[0]):
+            seconds = phases.time_steps(step, np.zeros(()), repeats=5)
+            # The warm-up call, then timed calls until 1.5 s have passed: two.
+            self.assertEqual(clock[0], 3.0)
+            self.assertEqual(seconds, 1.0)
+            clock[0] = 0.0
+            with mock.patch.object(phases, "TIMING_SECONDS", 10.0):
+                phases.time_steps(step, np.zeros(()), repeats=2)  # all repeats
+            self.assertEqual(clock[0], 3.0)
 
 
 class SchedulesTest(absltest.TestCase):

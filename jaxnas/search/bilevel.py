@@ -453,7 +453,6 @@ def make_steps(*, apply_fn, loss_fn, tx_w, tx_a, tau_fn=None, schedule_fn=None,
     return step_w, step_a
 
 
-
 # --- Gradient-based strategies on the SCNAS space: what each samples per step ---
 
 

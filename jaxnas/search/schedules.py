@@ -7,11 +7,11 @@ state (a resumed run reads them back and replays exactly the same schedule).
 
 Search (SCNAS phases): steps [0, warmup_end) train Theta only at tau = 1; over
 [warmup_end, anneal_end) tau falls geometrically from 1 to tau_min and the Gumbel noise
-scale linearly from 1 to 0; from anneal_end on the sample is the argmax of alpha with
-weights ~(1, 0), and from then on the step runs the argmax network exactly (one op
-per edge, `annealed`), i.e. the derived architecture Theta is then trained as. That is SCNAS's
-argument for keeping Theta (training-time and test-time networks coincide), made to hold
-before the end instead of only as tau -> 0 at epoch 277 of 400.
+scale linearly from 1 to 0; from anneal_end on the step runs the argmax network exactly
+(one op per edge at weight 1, `annealed`), i.e. the derived architecture Theta is then
+trained as. That is SCNAS's argument for keeping Theta (training-time and test-time
+networks coincide), made to hold before the end instead of only as tau -> 0 at epoch 277
+of 400.
 """
 
 import jax.numpy as jnp
