@@ -6,10 +6,12 @@ and ETA, TensorBoard scalars, and orbax checkpoints at epoch ends. A phase suppl
 `step_fn(state, step) -> (state, metrics)`: it draws its batches as a pure function of
 (seed, step) and calls its jitted steps, so a resumed run replays exactly the same steps.
 
-A planned phase can also pass a `Resize`: its length is then re-set once from its own
-steps (host batch building included), which a few timed calls after the compile
+A planned phase can also pass a `Resize`: its length is then re-set from its own steps
+(host batch building included), which a few timed calls after the compile
 over-estimated by 20-30% (WORKSPACE.md). Only the second half of the steps before the
-resize is timed: the first ten of a fresh phase ran ~25% slower than the rest.
+resize is timed: the first ten of a fresh phase ran ~25% slower than the rest. A second
+re-set (`again_at`) follows the machine if it slows down later: a fine-tune re-sized
+from 1.45 s steps ran its later ones at ~1.8 s and ended a minute late.
 """
 
 import dataclasses
@@ -42,18 +44,23 @@ class Schedule:
 
 @dataclasses.dataclass(frozen=True)
 class Resize:
-    """Re-sets a planned phase's length once, after `at_step` steps of a fresh run.
+    """Re-sets a planned phase's length after `at_step` steps of a fresh run (and again
+    after `again_at`).
 
     The new length is what fits before end_fn(seconds_per_step) (a time.time() value) at
     the rate of steps at_step // 2 + 1 .. at_step; resize_fn(state, num_steps) -> state
     puts it in the state's horizon and stores it, so a resumed run replays it. The steps
     before at_step must not depend on the length (they fall inside the fixed lr warm-up);
-    `run` moves at_step to the first checkpoint if that comes earlier.
+    `run` moves at_step to the first checkpoint if that comes earlier: both re-sets
+    happen before it, so a resumed run (from a checkpoint) never redoes one.
     """
 
     at_step: int
     end_fn: Callable[[float], float]
     resize_fn: Callable
+    # Re-set once more at this step from the steps since at_step (0: never); also moved
+    # to the first checkpoint, and dropped unless it comes 3 or more steps after at_step.
+    again_at: int = 0
 
 
 def resized_steps(done: int, seconds_per_step: float, seconds_left: float) -> int:
@@ -81,7 +88,8 @@ def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager,
     s = schedule
     if resize is not None:
         # Never past the first checkpoint: a resumed run then never has to redo it.
-        resize = dataclasses.replace(resize, at_step=min(resize.at_step, s.ckpt_steps))
+        resize = dataclasses.replace(resize, at_step=min(resize.at_step, s.ckpt_steps),
+                                     again_at=min(resize.again_at, s.ckpt_steps))
         if start or resize.at_step < 3:
             resize = None  # Resumed, or too few steps to time two of them.
     # The fine-tune's steps 2-12 took 1.32 s against 1.05 s from step 20 on (spatial demo):
@@ -108,7 +116,11 @@ def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager,
                              num_steps, s.num_steps)
                 state = resize.resize_fn(state, num_steps)
                 s = dataclasses.replace(s, num_steps=num_steps)
-                resize = None
+                if resize.again_at >= done + 3:  # Timed from here, no warm-up to skip.
+                    timed_after, first_done = done, now
+                    resize = dataclasses.replace(resize, at_step=resize.again_at, again_at=0)
+                else:
+                    resize = None
             if done % s.steps_per_epoch == 0 and plateau_fn is not None:
                 epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
                 state, reduced = plateau_fn(state, epoch_loss)

@@ -7,7 +7,7 @@ budget in steps, and the training of a fixed network.
 - `budget_steps`, `time_steps`: a wall-clock budget turned into step counts once, stored
   in `budget.json` so a resumed run replays the same schedule.
 - `train_fixed`: a fixed network trained through `loop.run` (the search's fine-tune phase
-  and --mode=train), re-sized once from its own first steps (loop.Resize).
+  and --mode=train), re-sized from its own steps at steps 20 and 60 (loop.Resize).
 """
 
 import dataclasses
@@ -196,6 +196,7 @@ LR_WARMUP_STEPS = 20  # Fixed (not a share): the first steps never depend on the
 
 
 RESIZE_AT_STEP = LR_WARMUP_STEPS  # The steps before it never see the length.
+RESIZE_AGAIN_AT_STEP = 3 * RESIZE_AT_STEP  # Re-set once more from steps 21-60.
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,8 +218,8 @@ def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, w
 
     Planned (--budget_minutes): the step count is what fits before the budget's end less
     the evaluation of `eval_shapes` (held-out cases, `eval_passes` networks), first from
-    timed calls, then re-set once from the loop's own first steps (loop.Resize); both are
-    stored in budget.json under `phase`. The lr warms up and decays over it. Else
+    timed calls, then re-set from the loop's own steps at steps 20 and 60 (loop.Resize);
+    each is stored in budget.json under `phase`. The lr warms up and decays over it. Else
     num_epochs x steps_per_epoch with the plateau rule. Checkpoints in `<workdir>/ckpt`
     (train) or `<workdir>/ckpt_<phase>`; returns (params, num_steps).
     """
@@ -257,7 +258,8 @@ def train_fixed(config: config_lib.Config, workdir: str, model, params, cases, w
                 store_resized_steps(workdir, key, n)
                 return put_state(state.replace(horizon=jnp.asarray((0, 0, n), jnp.int32)))
 
-            resize = loop.Resize(at_step=RESIZE_AT_STEP, end_fn=end_time, resize_fn=resize_fn)
+            resize = loop.Resize(at_step=RESIZE_AT_STEP, end_fn=end_time, resize_fn=resize_fn,
+                                 again_at=RESIZE_AGAIN_AT_STEP)
     else:
         num_steps = s.num_epochs * steps_per_epoch
     plateau_fn = None

@@ -1,4 +1,4 @@
-"""loop.run: a planned phase re-sized once from its own measured steps (loop.Resize)."""
+"""loop.run: a planned phase re-sized from its own measured steps (loop.Resize)."""
 
 import time
 
@@ -59,6 +59,36 @@ class ResizeTest(absltest.TestCase):
         self.assertBetween(n, 6 + 5, 6 + 20)
         self.assertEqual(int(state.step), n)
         self.assertEqual(int(state.horizon), n)
+
+    def test_second_resize_follows_a_slowdown(self):
+        calls = []
+        deadline = time.time() + 40 * STEP_SECONDS
+
+        def slows_down(state, step):  # From step 6 on, every step takes 3x as long.
+            time.sleep(2 * STEP_SECONDS if step >= 6 else 0.0)
+            return _step(state, step)
+
+        def resize_fn(state, n):
+            calls.append(n)
+            return state.replace(horizon=jnp.int32(n))
+
+        resize = loop.Resize(at_step=6, end_fn=lambda per_step: deadline,
+                             resize_fn=resize_fn, again_at=12)
+        workdir = self.create_tempdir().full_path
+        manager = checkpoints.make_manager(workdir)
+        writer = writer_lib.MetricWriter(workdir)
+        try:
+            state = loop.run(_State(jnp.int32(0), jnp.int32(200)),
+                             schedule=loop.Schedule(200, 4, 100, 100), step_fn=slows_down,
+                             loss_key="loss", manager=manager, writer=writer,
+                             workdir=workdir, resize=resize)
+        finally:
+            writer.close()
+        first, second = calls  # At step 6 from 1x steps, at step 12 from 3x steps.
+        self.assertLess(second, first)
+        self.assertEqual(int(state.step), second)
+        # Without the second re-set it would end ~28 slow steps (1.7 s) late.
+        self.assertLess(time.time(), deadline + 25 * STEP_SECONDS)
 
     def test_slow_first_steps_are_not_timed(self):
         calls = []
