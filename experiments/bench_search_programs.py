@@ -1,12 +1,13 @@
-"""The planned search's compiled programs: its two step programs against one program per
-iteration (the alpha step under `lax.cond`, or always run), and the Theta step on a sampled
-op pair against the argmax network (what it runs past the anneal).
+"""The planned search's compiled programs: its two step programs against one step program
+for both (`bilevel.search_step`) and one program per iteration (the alpha step under
+`lax.cond`, or always run), and the Theta step on a sampled op pair against the argmax
+network (what it runs past the anneal).
 
 At the default flow's search settings (stride-2 stem, width 16, growth x3, batch 2, 4
 classes, planned schedule), synthetic data; each form compiled with `lower().compile()`
 (cache off), then timed over 3 calls after a warm-up call. XLA flags as main.py's (-O1).
 
-    python experiments/bench_search_programs.py --size 48 [--parts=programs,theta]
+    python experiments/bench_search_programs.py --size 48 [--parts=programs,iterations,theta]
 
 Not a test: the numbers go to BENCHMARKS.md.
 """
@@ -50,8 +51,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--parts", default="programs,theta",
-                   help="programs: the iteration's program forms; theta: the Theta step")
+    p.add_argument("--parts", default="programs,iterations,theta",
+                   help="programs: two step programs against one (search_step); "
+                        "iterations: one program per iteration; theta: the Theta step")
     args = p.parse_args()
     parts = args.parts.split(",")
     s = dataclasses.replace(
@@ -67,8 +69,9 @@ def main():
                                         betas_a=s.betas_a)
     schedule_fn = functools.partial(gradient_search._planned_schedule, tau_min=s.tau_min,
                                     lr_kind=s.lr_schedule)
-    step_w, step_a = bilevel.make_steps(apply_fn=apply_fn, loss_fn=losses.from_settings(s, 4),
-                                        tx_w=tx_w, tx_a=tx_a, schedule_fn=schedule_fn)
+    common = dict(apply_fn=apply_fn, loss_fn=losses.from_settings(s, 4), tx_w=tx_w, tx_a=tx_a,
+                  schedule_fn=schedule_fn)
+    step_w, step_a = bilevel.make_steps(**common)
     params = init_params(jax.random.key(0))
     # Step 5 of (warm-up 2, anneal end 20, 40): both steps run, tau ~0.5. Alpha ~N(0, 1):
     # its argmax is a random genotype (zeros would make it a dense conv on every edge).
@@ -83,12 +86,13 @@ def main():
     cw = jax.jit(step_w).lower(state, bw, key).compile()
     compile_w = time.time() - start
     if "programs" in parts:
-        programs(state, step_w, step_a, cw, compile_w, bw, ba, key)
+        programs(state, step_w, step_a, cw, compile_w, bw, ba, key, common,
+                 "iterations" in parts)
     if "theta" in parts:
         theta(state, cw, bw, key)
 
 
-def programs(state, step_w, step_a, cw, compile_w, bw, ba, key):
+def programs(state, step_w, step_a, cw, compile_w, bw, ba, key, common, iterations):
     start = time.time()
     ca = jax.jit(step_a).lower(state, ba, key).compile()
     compile_a = time.time() - start
@@ -106,6 +110,22 @@ def programs(state, step_w, step_a, cw, compile_w, bw, ba, key):
     def iteration_always(st, batches, key):
         return step_a(step_w(st, batches["w"], key)[0], batches["a"], key)[0]
 
+    # bilevel.search_step: one forward and backward serving both steps (a traced `which`).
+    start = time.time()
+    joint = jax.jit(functools.partial(bilevel.search_step, **common)).lower(
+        state, bw, (key, np.int32(bilevel.THETA))).compile()
+    seconds = time.time() - start
+    one_w, one_a = bilevel.split_search_step(joint)
+    _, per_w = _timed(lambda st: one_w(st, bw, key)[0], state)
+    _, per_a = _timed(lambda st: one_a(st, ba, key)[0], state)
+    _, per_w2 = _timed(lambda st: cw(st, bw, key)[0], state)
+    _, per_a2 = _timed(lambda st: ca(st, ba, key)[0], state)
+    print(f"| one step program for both steps (search_step) | {seconds:.1f} | "
+          f"{per_w + per_a:.3f} (Theta {per_w:.3f}, alpha {per_a:.3f}; two programs: "
+          f"{per_w2:.3f}, {per_a2:.3f}) |", flush=True)
+
+    if not iterations:
+        return
     for name, fn in (("one program, alpha step under lax.cond", iteration_cond),
                      ("one program, alpha step always run", iteration_always)):
         start = time.time()

@@ -82,6 +82,8 @@ class SearchConfig:
     width_growth: int = 2  # SCNAS space: node width factor per level down (paper: 2).
     # SCNAS derived network: loss heads on the coarse decoder levels (nnU-Net's).
     deep_supervision: bool = False
+    # SCNAS/GDAS/DARTS: the Theta and alpha steps as one compiled program (bilevel.search_step).
+    one_step_program: bool = False
     finetune_fraction: float = 0.0  # Share of the training time fine-tuning the derived net.
     warmup_fraction: float = 0.0  # Planned search: Theta-only share of the search steps.
     anneal_fraction: float = 0.0  # Planned search: share of the bi-level steps annealing tau.
@@ -144,7 +146,7 @@ def from_flags(f) -> Config:
         budget_minutes=f.budget_minutes, memory_gb=f.memory_gb,
         memory_weight=f.memory_weight, stem_stride=f.stem_stride, node_scale=f.node_scale,
         width_growth=f.width_growth, deep_supervision=f.deep_supervision,
-        finetune_fraction=f.finetune_fraction,
+        finetune_fraction=f.finetune_fraction, one_step_program=f.one_step_program,
         warmup_fraction=f.warmup_fraction, anneal_fraction=f.anneal_fraction,
         lr_schedule=f.lr_schedule, dice_background=f.dice_background, batch_dice=f.batch_dice)
     evaluation = EvalConfig(overlap=f.eval_overlap, batch_size=f.eval_batch_size,

@@ -126,6 +126,9 @@ flags.DEFINE_integer("width_growth", _S.width_growth,
 flags.DEFINE_bool("deep_supervision", _S.deep_supervision,
                   "SCNAS derived network (fine-tune, train mode): loss heads on the decoder's "
                   "1/4 and 1/8 resolution levels, weighted as nnU-Net. Planned.")
+flags.DEFINE_bool("one_step_program", _S.one_step_program,
+                  "SCNAS/GDAS/DARTS: compile the Theta and alpha steps as one program (one "
+                  "compile; each alpha step also computes Theta's gradient). Planned.")
 flags.DEFINE_float("finetune_fraction", _S.finetune_fraction,
                    "Share of the training time that fine-tunes the derived network after a "
                    "search (Theta kept, all training cases).")

@@ -32,7 +32,8 @@ Rules (why each):
   40%, where alpha is frozen and only Theta trains (schedules.py, gradient_search.py);
   then fine-tuning of the derived network: 70% of the training time
   under an hour (measured: a few hundred bi-level iterations barely move alpha, and the
-  fine-tune is where the network learns), 40% above.
+  fine-tune is where the network learns), 40% above. Under an hour the search's Theta
+  and alpha steps are one compiled program (one compile, a dearer alpha step).
 - Sliding window: overlap 0.5 with Gaussian weights (nnU-Net), no mirroring (mirroring
   would swap left and right labels, and costs 8x the time).
 """
@@ -181,6 +182,14 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu",
             "0.840 with 0.4, as "
             "a supernet step costs ~2x a derived step per voxel and alpha barely moves in "
             "a few hundred iterations" if short else "long enough for the search to move alpha"))
+    out["one_step_program"] = (
+        short,
+        ("the Theta and alpha steps compiled as one program under "
+         f"{SHORT_BUDGET_MINUTES} min: on 2 CPU cores (48^3, width 16) two programs "
+         "compiled in 77 + 57 s, one in 73 s, for an alpha step of 2.2 s against 1.6 s; "
+         "a short search runs few alpha steps") if short else
+        "two programs: over a long search the alpha steps' extra cost (Theta's gradient, "
+        "~0.6 s each on 2 CPU cores) outweighs one compile")
     out["augment"] = (True, "intensity scale/shift, gamma and noise per patch; no flips "
                       "(left/right labels)")
     out["augment_spatial"] = (
@@ -211,6 +220,7 @@ FIELDS = {
     "warmup_fraction": ("search", "warmup_fraction"),
     "anneal_fraction": ("search", "anneal_fraction"), "tau_min": ("search", "tau_min"),
     "finetune_fraction": ("search", "finetune_fraction"),
+    "one_step_program": ("search", "one_step_program"),
     "eval_overlap": ("eval", "overlap"), "eval_gaussian": ("eval", "gaussian"),
     "eval_mirror": ("eval", "mirror"),
 }

@@ -304,6 +304,30 @@ class StepsTest(absltest.TestCase):
         expected = self.loss_fn(logits, self.batch_a["label"])
         np.testing.assert_allclose(metrics["train/loss_a"], expected, rtol=1e-5)
 
+    def test_one_program_matches_the_two_steps(self):
+        # bilevel.search_step: both steps in one compiled program, one trace for both.
+        traces = []
+
+        def counted(*args):
+            traces.append(1)
+            return bilevel.search_step(*args, apply_fn=toy_apply, loss_fn=self.loss_fn,
+                                       tx_w=self.tx_w, tx_a=self.tx_a, tau_fn=self.tau_fn)
+
+        one_w, one_a = bilevel.split_search_step(jax.jit(counted))
+        two, one = self.state, self.state
+        for i in range(2):
+            key = jax.random.key(30 + i)
+            two, m2_w = self.jit_w(two, self.batch_w, key)
+            two, m2_a = self.jit_a(two, self.batch_a, key)
+            one, m1_w = one_w(one, self.batch_w, key)
+            one, m1_a = one_a(one, self.batch_a, key)
+            self.assertEqual(set(m1_w), set(m2_w))
+            self.assertEqual(set(m1_a), set(m2_a))
+            chex.assert_trees_all_close((m1_w, m1_a), (m2_w, m2_a), rtol=1e-5, atol=1e-6)
+        self.assertEqual(int(one.step), 2)
+        chex.assert_trees_all_close(one, two, rtol=1e-5, atol=1e-6)
+        self.assertLen(traces, 1)
+
     def test_one_trace_for_three_iterations(self):
         @jax.jit
         @chex.assert_max_traces(n=1)

@@ -102,16 +102,21 @@ def search_programs(s: config_lib.SearchConfig, in_channels: int, num_classes: i
                                        width_growth=s.width_growth,
                                        stem_stride=s.stem_stride)
         arch_cost_fn = lambda arch: s.memory_weight * cost.memory_cost(arch, table)  # noqa: E731
-    step_w, step_a = bilevel.make_steps(
-        apply_fn=apply_fn, loss_fn=losses.from_settings(s, num_classes), tx_w=tx_w,
-        tx_a=tx_a, schedule_fn=schedule_fn, sample_fn=sample_fn, arch_cost_fn=arch_cost_fn)
+    common = dict(apply_fn=apply_fn, loss_fn=losses.from_settings(s, num_classes), tx_w=tx_w,
+                  tx_a=tx_a, schedule_fn=schedule_fn, sample_fn=sample_fn,
+                  arch_cost_fn=arch_cost_fn)
     mesh = sharding.mesh_from_spec(s.mesh)
+    if s.one_step_program:
+        step_w, step_a = bilevel.split_search_step(sharding.compile_step(
+            functools.partial(bilevel.search_step, **common), mesh))
+    else:
+        step_w, step_a = (sharding.compile_step(step, mesh)
+                          for step in bilevel.make_steps(**common))
     plateau_fn = None
     if s.lr_schedule == "constant":
         plateau_fn = jax.jit(functools.partial(bilevel.plateau_step,
                                                patience=s.plateau_patience))
-    return SearchPrograms(init_params, tx_w, tx_a, sharding.compile_step(step_w, mesh),
-                          sharding.compile_step(step_a, mesh), plateau_fn, mesh)
+    return SearchPrograms(init_params, tx_w, tx_a, step_w, step_a, plateau_fn, mesh)
 
 
 def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
