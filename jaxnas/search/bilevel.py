@@ -187,9 +187,14 @@ def make_tau_fn(
 
 
 def _adam(lr: float, betas: tuple[float, float], eps: float) -> optax.GradientTransformation:
-    """Adam whose hyper-parameters live in the opt state (the plateau rule scales lr)."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=betas[0], b2=betas[1],
-                                                eps=eps)
+    """Adam whose hyper-parameters live in the opt state (the plateau rule scales lr).
+
+    On the params raveled into one vector (`optax.flatten`): per leaf, Adam's update was
+    a fusion of its own, ~750 of a derived network's ~5900 fusions; compile 5 s shorter
+    for a derived 64^3 step, 3 s for a search iteration on 2 CPU cores.
+    """
+    return optax.flatten(optax.inject_hyperparams(optax.adam)(
+        learning_rate=lr, b1=betas[0], b2=betas[1], eps=eps))
 
 
 def make_optimizers(
