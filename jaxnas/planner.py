@@ -186,10 +186,10 @@ def plan(fp: dict, *, budget_minutes: float, backend: str = "cpu",
         short,
         ("the Theta and alpha steps compiled as one program under "
          f"{SHORT_BUDGET_MINUTES} min: on 2 CPU cores (48^3, width 16) two programs "
-         "compiled in 77 + 57 s, one in 73 s, for an alpha step of 2.2 s against 1.6 s; "
-         "a short search runs few alpha steps") if short else
+         "compiled in 126 s, one in 67 s, for an alpha step of 1.8 s against 1.1 s; "
+         "a short search runs few alpha steps (20-31 at 9 min)") if short else
         "two programs: over a long search the alpha steps' extra cost (Theta's gradient, "
-        "~0.6 s each on 2 CPU cores) outweighs one compile")
+        "~0.7 s each on 2 CPU cores) outweighs one compile")
     out["augment"] = (True, "intensity scale/shift, gamma and noise per patch; no flips "
                       "(left/right labels)")
     out["augment_spatial"] = (

@@ -72,6 +72,12 @@ class PlanTest(absltest.TestCase):
         self.assertGreater(short, 0.5)
         self.assertLess(long, short)
 
+    def test_short_budgets_compile_one_search_step_program(self):
+        self.assertTrue(planner.plan(FP, budget_minutes=9)["one_step_program"][0])
+        self.assertFalse(planner.plan(FP, budget_minutes=240)["one_step_program"][0])
+        config, _ = planner.apply(config_lib.tiny(), planner.plan(FP, budget_minutes=9))
+        self.assertTrue(config.search.one_step_program)
+
     def test_flags_given_by_the_user_win(self):
         config = dataclasses.replace(config_lib.tiny(), user_set=("width", "patch_size"))
         planned = planner.plan(FP, budget_minutes=9, backend="cpu")

@@ -458,10 +458,10 @@ def search_step(state: SearchState, batch, key_which, *, apply_fn, tx_w, tx_a, l
     backward pass of the supernet, so one compiled program serves them. It computes the
     gradients of Theta and alpha on every call and keeps the update `which` names (and
     that optimizer's state); the other one is discarded. Same results as the two steps
-    (same schedule, sample Z and gradients). Why: compiling two programs cost 77 + 57 s,
-    this one 73 s, on 2 CPU cores (48^3, width 16), for an alpha step of 2.2 s against
-    1.6 s (it computes Theta's gradient too) and the same Theta step: the planner uses
-    it for short budgets, where compiles are a large share of the time.
+    (same schedule, sample Z and gradients). Why: on 2 CPU cores (48^3, width 16) the
+    two programs compiled in 126 s, this one in 67 s, for an alpha step of 1.8 s against
+    1.1 s (it computes Theta's gradient too) and the same Theta step: the planner uses
+    it for short budgets, where compiles are a large share of the time (BENCHMARKS.md).
 
     Returns:
       (state, metrics): metrics hold both steps' keys; `THETA_METRICS` are the Theta
