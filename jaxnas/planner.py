@@ -60,10 +60,13 @@ SHORT_BUDGET_MINUTES = 60  # Below it, fine-tuning gets most of the training tim
 EVAL_RESERVE = 0.12  # Share kept for evaluation when the search's share is set (a guess).
 # The evaluation estimate a fine-tune is sized by, once its step time is measured:
 FORWARD_SHARE = 0.4  # A window's forward pass / a training step's time per patch.
-# Forward compile, pictures, saving. With 25 s the whole estimate was 34.6 s against
-# 21.5 s measured on the spatial demo, and 38 s against 17 s in a later run: the fine-tune
-# ended over a minute before the budget. 12 s still errs on the safe side there.
-EVAL_FIXED_SECONDS = 12.0
+# Pictures, Dice, saving: 1.4 s of a 15.1 s evaluation (24 batches of windows) on the
+# tissue demo on 2 CPU cores once the forward program is compiled ahead
+# (phases.compile_eval_program); 3 s errs on the safe side.
+EVAL_FIXED_SECONDS = 3.0
+# The forward's compile, where it is not compiled ahead (on a mesh): 12 s in all was
+# safe on the Intel machines, where the estimate with 25 s had overshot by 13-21 s.
+EVAL_COMPILE_SECONDS = 9.0
 
 
 def fingerprint(shapes, *, spacing, num_classes: int, num_channels: int) -> dict:
@@ -258,14 +261,16 @@ def steps_in(seconds: float, step_seconds: float, *, minimum: int = 10) -> int:
 
 
 def eval_seconds(shapes, *, window, overlap: float, mirror: bool, step_seconds: float,
-                 batch_size: int, passes: int = 1) -> float:
+                 batch_size: int, passes: int = 1, compiled: bool = False) -> float:
     """Seconds a held-out evaluation of cases of `shapes` takes, from a training step's time.
 
     passes: how many networks are evaluated (the search also scores its searched Theta).
+    compiled: the forward program is already compiled (else its compile is counted).
     """
     windows = sum(len(inference.window_starts(tuple(s)[:3], window, overlap)) for s in shapes)
     per_window = FORWARD_SHARE * step_seconds / batch_size * (8 if mirror else 1)
-    return EVAL_FIXED_SECONDS + passes * windows * per_window
+    fixed = EVAL_FIXED_SECONDS + (0.0 if compiled else EVAL_COMPILE_SECONDS)
+    return fixed + passes * windows * per_window
 
 
 def search_horizon(num_steps: int, *, warmup_fraction: float, anneal_fraction: float):

@@ -62,6 +62,28 @@ class ModelsTest(absltest.TestCase):
                 f.write("{}")
             models.describe(path, **kw)
 
+    def test_eval_program_compiled_ahead_serves_the_evaluation(self):
+        # phases.compile_eval_program: the sliding window afterwards compiles nothing.
+        from jaxnas import evaluation, phases  # noqa: PLC0415 (only this test needs them)
+        from jaxnas.data import cache  # noqa: PLC0415
+        config = config_lib.tiny()
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, patch_size=(16, 16, 16)),
+            eval=dataclasses.replace(config.eval, batch_size=2))
+        model = models.build(models.describe("uresnet", in_channels=1, num_classes=3,
+                                             width=4))
+        params = model.init(jax.random.key(0))
+        program = models._probabilities(model)
+        before = program._cache_size()
+        phases.compile_eval_program(config, model, params, channels=1)
+        self.assertEqual(program._cache_size(), before + 1)
+        rng = np.random.default_rng(0)
+        case = cache.PreparedCase("c0", rng.normal(size=(20, 24, 18, 1)).astype(np.float32),
+                                  rng.integers(0, 3, (20, 24, 18)).astype(np.int16), {}, {})
+        evaluation.evaluate_cases(models.probabilities_fn(model, params), [case],
+                                  num_classes=3, config=config)
+        self.assertEqual(program._cache_size(), before + 1)
+
     def test_fixed_network_is_smaller_than_supernet(self):
         description = models.describe("random:1", in_channels=1, num_classes=3, width=8)
         fixed = models.build(description).cost((32, 32, 32))["params"]

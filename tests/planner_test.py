@@ -111,7 +111,7 @@ class PlanTest(absltest.TestCase):
 
     def test_eval_estimate_counts_windows_passes_and_flips(self):
         kw = dict(window=(32, 32, 32), overlap=0.5, step_seconds=1.0, batch_size=2)
-        fixed = planner.EVAL_FIXED_SECONDS
+        fixed = planner.EVAL_FIXED_SECONDS + planner.EVAL_COMPILE_SECONDS
         one = planner.eval_seconds([(32, 32, 32)], mirror=False, **kw) - fixed
         self.assertAlmostEqual(one, planner.FORWARD_SHARE / 2)
         # 48 voxels with 32-voxel windows at half overlap: 2 starts per axis.
@@ -119,6 +119,9 @@ class PlanTest(absltest.TestCase):
         self.assertAlmostEqual(eight, 8 * one)
         both = planner.eval_seconds([(32, 32, 32)] * 3, mirror=True, passes=2, **kw) - fixed
         self.assertAlmostEqual(both, 3 * 2 * 8 * one)
+        # A forward compiled ahead (phases.compile_eval_program) is not counted again.
+        ahead = planner.eval_seconds([(32, 32, 32)], mirror=False, compiled=True, **kw)
+        self.assertAlmostEqual(ahead, planner.EVAL_FIXED_SECONDS + one)
 
     def test_step_timing_stops_once_enough_time_passed(self):
         clock = [0.0]  # a fake clock: each call of the step takes exactly 1 s
