@@ -380,6 +380,35 @@ def scaled(updates, factor):
     return jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
 
 
+def _objective(params, arch, batch, key, sched, *, apply_fn, loss_fn, sample_fn,
+               arch_cost_fn=None):
+    """(loss + arch cost, (loss, cost)) of this step's choice; differentiable in both."""
+    op_choice = _choice(sample_fn, key, arch, sched)
+    loss = _loss(params, op_choice, batch, apply_fn, loss_fn)
+    cost = jnp.float32(0.0) if arch_cost_fn is None else arch_cost_fn(arch)
+    return loss + cost, (loss, cost)
+
+
+def _apply(tx, grads, opt_state, values, factor):
+    """One optimizer step, its update scaled by factor: (new values, new opt state)."""
+    updates, opt_state = tx.update(grads, opt_state, values)
+    return optax.apply_updates(values, scaled(updates, factor)), opt_state
+
+
+def _theta_metrics(loss, sched, grads) -> dict:
+    return {"train/loss_w": loss, "train/tau": sched["tau"],
+            "train/gumbel_noise": sched["noise"], "train/lr_factor_w": sched["lr_w"],
+            "train/grad_norm_w": optax.tree.norm(grads)}
+
+
+def _alpha_metrics(loss, grads, arch, cost, with_cost: bool) -> dict:
+    metrics = {"train/loss_a": loss, "train/grad_norm_a": optax.tree.norm(grads),
+               "arch/entropy": jnp.mean(arch_entropy(arch))}
+    if with_cost:
+        metrics["train/arch_cost"] = cost
+    return metrics
+
+
 def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, loss_fn,
                  tau_fn=None, schedule_fn=None, sample_fn=None):
     """Updates Theta on a training batch with Z = sample_edges(key, arch, tau(step)).
@@ -392,19 +421,12 @@ def weights_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_w, l
       (state with new params, opt_w and step + 1, metrics of finite float32 scalars).
     """
     sched = (schedule_fn or paper_schedule(tau_fn))(state.step, state.horizon)
-    op_choice = _choice(sample_fn, key, state.arch, sched)
-    loss, grads = jax.value_and_grad(_loss)(state.params, op_choice, batch, apply_fn, loss_fn)
-    updates, opt_w = tx_w.update(grads, state.opt_w, state.params)
-    params = optax.apply_updates(state.params, scaled(updates, sched["lr_w"]))
+    (_, (loss, _)), grads = jax.value_and_grad(_objective, has_aux=True)(
+        state.params, state.arch, batch, key, sched, apply_fn=apply_fn, loss_fn=loss_fn,
+        sample_fn=sample_fn)
+    params, opt_w = _apply(tx_w, grads, state.opt_w, state.params, sched["lr_w"])
     new_state = state.replace(step=state.step + 1, params=params, opt_w=opt_w)
-    metrics = {
-        "train/loss_w": loss,
-        "train/tau": sched["tau"],
-        "train/gumbel_noise": sched["noise"],
-        "train/lr_factor_w": sched["lr_w"],
-        "train/grad_norm_w": optax.tree.norm(grads),
-    }
-    return new_state, metrics
+    return new_state, _theta_metrics(loss, sched, grads)
 
 
 def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, loss_fn,
@@ -424,24 +446,12 @@ def arch_step(state: SearchState, batch, key: jax.Array, *, apply_fn, tx_a, loss
     """
     sched = (schedule_fn or paper_schedule(tau_fn))(jnp.maximum(state.step - 1, 0),
                                                     state.horizon)
-
-    def loss_of_arch(arch):
-        op_choice = _choice(sample_fn, key, arch, sched)
-        loss = _loss(state.params, op_choice, batch, apply_fn, loss_fn)
-        cost = jnp.float32(0.0) if arch_cost_fn is None else arch_cost_fn(arch)
-        return loss + cost, (loss, cost)
-
-    (_, (loss, cost)), grads = jax.value_and_grad(loss_of_arch, has_aux=True)(state.arch)
-    updates, opt_a = tx_a.update(grads, state.opt_a, state.arch)
-    arch = optax.apply_updates(state.arch, scaled(updates, sched["lr_a"]))
-    metrics = {
-        "train/loss_a": loss,
-        "train/grad_norm_a": optax.tree.norm(grads),
-        "arch/entropy": jnp.mean(arch_entropy(arch)),
-    }
-    if arch_cost_fn is not None:
-        metrics["train/arch_cost"] = cost
-    return state.replace(arch=arch, opt_a=opt_a), metrics
+    (_, (loss, cost)), grads = jax.value_and_grad(_objective, argnums=1, has_aux=True)(
+        state.params, state.arch, batch, key, sched, apply_fn=apply_fn, loss_fn=loss_fn,
+        sample_fn=sample_fn, arch_cost_fn=arch_cost_fn)
+    arch, opt_a = _apply(tx_a, grads, state.opt_a, state.arch, sched["lr_a"])
+    return state.replace(arch=arch, opt_a=opt_a), _alpha_metrics(
+        loss, grads, arch, cost, arch_cost_fn is not None)
 
 
 # `which` of `search_step`: the iteration's Theta step, or its alpha step.
@@ -471,19 +481,12 @@ def search_step(state: SearchState, batch, key_which, *, apply_fn, tx_w, tx_a, l
     theta = which == THETA
     sched = (schedule_fn or paper_schedule(tau_fn))(jnp.maximum(state.step - which, 0),
                                                     state.horizon)
-
-    def objective(params, arch):
-        op_choice = _choice(sample_fn, key, arch, sched)
-        loss = _loss(params, op_choice, batch, apply_fn, loss_fn)
-        cost = jnp.float32(0.0) if arch_cost_fn is None else arch_cost_fn(arch)
-        return loss + cost, (loss, cost)
-
     (_, (loss, cost)), (grads_w, grads_a) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(state.params, state.arch)
-    updates, opt_w = tx_w.update(grads_w, state.opt_w, state.params)
-    params = optax.apply_updates(state.params, scaled(updates, sched["lr_w"]))
-    updates, opt_a = tx_a.update(grads_a, state.opt_a, state.arch)
-    arch = optax.apply_updates(state.arch, scaled(updates, sched["lr_a"]))
+        _objective, argnums=(0, 1), has_aux=True)(
+        state.params, state.arch, batch, key, sched, apply_fn=apply_fn, loss_fn=loss_fn,
+        sample_fn=sample_fn, arch_cost_fn=arch_cost_fn)
+    params, opt_w = _apply(tx_w, grads_w, state.opt_w, state.params, sched["lr_w"])
+    arch, opt_a = _apply(tx_a, grads_a, state.opt_a, state.arch, sched["lr_a"])
 
     def pick(if_theta, if_alpha):
         return jax.tree.map(lambda a, b: jnp.where(theta, a, b), if_theta, if_alpha)
@@ -492,15 +495,9 @@ def search_step(state: SearchState, batch, key_which, *, apply_fn, tx_w, tx_a, l
         step=state.step + theta.astype(state.step.dtype),
         params=pick(params, state.params), opt_w=pick(opt_w, state.opt_w),
         arch=pick(state.arch, arch), opt_a=pick(state.opt_a, opt_a))
-    metrics = {
-        "train/loss_w": loss, "train/tau": sched["tau"], "train/gumbel_noise": sched["noise"],
-        "train/lr_factor_w": sched["lr_w"], "train/grad_norm_w": optax.tree.norm(grads_w),
-        "train/loss_a": loss, "train/grad_norm_a": optax.tree.norm(grads_a),
-        "arch/entropy": jnp.mean(arch_entropy(new_state.arch)),
-    }
-    if arch_cost_fn is not None:
-        metrics["train/arch_cost"] = cost
-    return new_state, metrics
+    return new_state, {**_theta_metrics(loss, sched, grads_w),
+                       **_alpha_metrics(loss, grads_a, new_state.arch, cost,
+                                        arch_cost_fn is not None)}
 
 
 def split_search_step(step):

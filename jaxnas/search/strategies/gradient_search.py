@@ -64,7 +64,9 @@ class SearchPrograms(NamedTuple):
     init_params: Callable  # key -> supernet params
     tx_w: optax.GradientTransformation
     tx_a: optax.GradientTransformation
-    step_w: Callable  # (state, batch, key) -> (state, metrics), jitted, state donated
+    # (state, batch, key) -> (state, metrics), state donated: two jitted steps, or both
+    # calling one compiled bilevel.search_step (--one_step_program).
+    step_w: Callable
     step_a: Callable
     plateau_fn: Callable | None  # the plateau rule under --lr_schedule=constant
     mesh: object  # jax.sharding.Mesh, or None for one device
