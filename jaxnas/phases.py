@@ -46,6 +46,7 @@ class TrainingData:
     theta_ids: list  # Trains the network weights.
     alpha_ids: list  # Trains the architecture logits.
     val_ids: list  # Held out: the fold's validation cases.
+    intensity: list | None = None  # CT statistics per channel (preprocess.normalize).
 
 
 def load_training_data(config: config_lib.Config, workdir: str) -> TrainingData:
@@ -54,8 +55,8 @@ def load_training_data(config: config_lib.Config, workdir: str) -> TrainingData:
     dataset = msd.read_dataset(d.data_dir)
     os.makedirs(workdir, exist_ok=True)
     cache_dir = d.cache_dir or os.path.join(workdir, "preprocessed")
-    prepared, _, spacing = cache.prepare_dataset(dataset, cache_dir, spacing=d.spacing,
-                                                 image_order=d.image_order)
+    prepared, folder, spacing = cache.prepare_dataset(dataset, cache_dir, spacing=d.spacing,
+                                                      image_order=d.image_order)
     cases = {c.case_id: c for c in prepared}
     splits = patches.load_or_make_splits(os.path.join(workdir, "splits.json"), list(cases),
                                          d.num_folds, config.seed, d.splits_file)
@@ -63,7 +64,8 @@ def load_training_data(config: config_lib.Config, workdir: str) -> TrainingData:
         raise msd.DataError(f"--fold={d.fold} but the splits have {len(splits)} folds")
     fold = splits[d.fold]
     theta_ids, alpha_ids = patches.bilevel_split(fold["train"], config.seed, d.alpha_fraction)
-    return TrainingData(dataset, cases, spacing, splits, theta_ids, alpha_ids, fold["val"])
+    return TrainingData(dataset, cases, spacing, splits, theta_ids, alpha_ids, fold["val"],
+                        cache.intensity_of(folder))
 
 
 def planned_config(config: config_lib.Config, data: TrainingData,

@@ -8,7 +8,8 @@ data/preprocess.py and errors.py beside its StableHLO program, so these four imp
 nothing else of jaxnas.
 
 `plan` is a dict: target_spacing, num_channels, num_classes, patch_size (required);
-image_order, overlap, gaussian, mirror, batch_size, labels ({"0": "background", ...}).
+image_order, overlap, gaussian, mirror, batch_size, labels ({"0": "background", ...}),
+intensity (CT statistics per channel, preprocess.normalize).
 """
 
 import numpy as np
@@ -33,6 +34,10 @@ def check_plan(plan: dict) -> dict:
         raise DataError(f"prediction plan: bad target_spacing {out['target_spacing']}")
     if len(out["patch_size"]) != 3 or min(out["patch_size"]) <= 0:
         raise DataError(f"prediction plan: bad patch_size {out['patch_size']}")
+    intensity = out.get("intensity")
+    if intensity is not None and len(intensity) != int(out["num_channels"]):
+        raise DataError(f"prediction plan: intensity has {len(intensity)} channels, "
+                        f"num_channels is {out['num_channels']}")
     if not 1 <= int(out["num_classes"]) <= 256:
         raise DataError(f"prediction plan: num_classes {out['num_classes']} not in 1..256")
     out.setdefault("labels", {str(k): str(k) for k in range(int(out["num_classes"]))})
@@ -45,7 +50,8 @@ def preprocess_for_inference(image: np.ndarray, spacing, plan: dict):
     if not np.any(image):
         raise DataError("the image is all zero; there is nothing to segment")
     return preprocess.preprocess_image(image, spacing, plan["target_spacing"],
-                                       image_order=int(plan["image_order"]))
+                                       image_order=int(plan["image_order"]),
+                                       intensity=plan.get("intensity"))
 
 
 def restore_to_original(probs_pp: np.ndarray, meta: dict, *, order: int = 1) -> np.ndarray:

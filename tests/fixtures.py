@@ -24,10 +24,12 @@ def write_nifti(path, array, spacing=(1.0, 1.0, 1.0)):
     nib.save(nib.Nifti1Image(array, np.diag(list(spacing) + [1.0])), path)
 
 
-def write_tiny_msd(root, num_cases=3, shape=(12, 12, 8), channels=2, spacings=None, seed=0):
+def write_tiny_msd(root, num_cases=3, shape=(12, 12, 8), channels=2, spacings=None, seed=0,
+                   modalities=None):
     """Writes dataset.json, imagesTr/, labelsTr/ and a stray `._junk.nii.gz`.
 
-    Returns the dataset.json dict. Case i has spacing spacings[i] (default 1 mm).
+    Returns the dataset.json dict. Case i has spacing spacings[i] (default 1 mm);
+    modalities: the channels' names (default mod0, mod1, ...).
     """
     rng = np.random.default_rng(seed)
     for sub in ("imagesTr", "labelsTr"):
@@ -45,7 +47,8 @@ def write_tiny_msd(root, num_cases=3, shape=(12, 12, 8), channels=2, spacings=No
     with open(os.path.join(root, "imagesTr", "._junk.nii.gz"), "wb") as f:
         f.write(b"\x00\x05\x16\x07 not an image")
     meta = {"name": "Tiny", "tensorImageSize": "4D" if channels > 1 else "3D",
-            "modality": {str(c): f"mod{c}" for c in range(channels)},
+            "modality": {str(c): (modalities[c] if modalities else f"mod{c}")
+                         for c in range(channels)},
             "labels": {"0": "background", "1": "outer", "2": "core"},
             "numTraining": num_cases, "numTest": 0, "training": training, "test": []}
     write_json(os.path.join(root, "dataset.json"), meta)

@@ -166,7 +166,10 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         super().setUpClass()
         cls.tmp = tempfile.mkdtemp(prefix="modes_test")
         cls.data_dir = os.path.join(cls.tmp, "task")
-        fixtures.write_tiny_msd(cls.data_dir, num_cases=6, shape=(20, 18, 16), channels=1)
+        # A CT task: training, predict and export all go through the dataset's CT
+        # statistics (plan.json "intensity").
+        fixtures.write_tiny_msd(cls.data_dir, num_cases=6, shape=(20, 18, 16), channels=1,
+                                modalities=["CT"])
         # No cache_dir: the folds must share <workdir>/preprocessed.
         cls.config = _config(cls.data_dir, "", "random:5")
         cls.workdir = os.path.join(cls.tmp, "cv")
@@ -197,6 +200,10 @@ class EvaluateTrainPredictTest(absltest.TestCase):
         model, params, plan, description = artifacts.load(fold_dir, impl="xla")
         self.assertEqual(description["source"], "random:5")
         self.assertEqual(plan["patch_size"], [16, 16, 16])
+        with open(os.path.join(self.workdir, "preprocessed", "Tiny-intensity.json")) as f:
+            self.assertEqual(plan["intensity"], json.load(f)["intensity"])
+        self.assertLen(plan["intensity"], 1)
+        self.assertLess(plan["intensity"][0]["clip"][0], plan["intensity"][0]["mean"])
         with open(os.path.join(fold_dir, "summary.json")) as f:
             self.assertEqual(json.load(f)["derived"]["params"], network.num_params(params))
         # Jitted, as the evaluation compiled it: op by op it took 30 s of compiles.

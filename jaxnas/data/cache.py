@@ -43,16 +43,64 @@ def _fingerprint(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def settings_key(dataset: msd.Dataset, spacing, image_order: int) -> dict:
-    return {"version": CACHE_VERSION, "spacing": [round(float(s), 6) for s in spacing],
-            "image_order": int(image_order), "modalities": list(dataset.modalities),
-            "labels": {str(k): v for k, v in dataset.labels.items()}}
+def settings_key(dataset: msd.Dataset, spacing, image_order: int, intensity=None) -> dict:
+    settings = {"version": CACHE_VERSION, "spacing": [round(float(s), 6) for s in spacing],
+                "image_order": int(image_order), "modalities": list(dataset.modalities),
+                "labels": {str(k): v for k, v in dataset.labels.items()}}
+    if intensity is not None:  # CT channels only: MR caches keep their folder.
+        settings["intensity"] = intensity
+    return settings
+
+
+def intensity_of(folder: str):
+    """The CT statistics per channel a cache folder was normalised with (None: no CT)."""
+    with open(os.path.join(folder, "settings.json")) as f:
+        return json.load(f).get("intensity")
+
+
+def _safe_name(dataset: msd.Dataset) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.name)
+
+
+def dataset_intensity(dataset: msd.Dataset, cache_dir: str):
+    """Per channel: CT normalisation statistics (`preprocess.intensity_stats`) from the
+    foreground voxels of every case, or None for the other modalities; None when no
+    channel is CT. Kept in `cache_dir/<name>-intensity.json` while the case files and
+    modalities are unchanged, so a rerun does not read every case twice."""
+    ct = [preprocess.is_ct(m) for m in dataset.modalities]
+    if not any(ct):
+        return None
+    sources = [[_fingerprint(c.image_path), _fingerprint(c.label_path)] for c in dataset.cases]
+    path = os.path.join(cache_dir, f"{_safe_name(dataset)}-intensity.json")
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+        if stored["sources"] == sources and stored["modalities"] == list(dataset.modalities):
+            return stored["intensity"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        pass
+    start = time.time()
+    samples = []
+    for i, case in enumerate(dataset.cases):
+        image, label, _ = msd.load_case(dataset, case)
+        samples.append(preprocess.foreground_intensities(image, label, seed=i))
+    samples = np.concatenate(samples)
+    if not len(samples):
+        raise msd.DataError(f"{dataset.root}: no case has a foreground voxel to take the CT "
+                            "intensity statistics from")
+    intensity = [preprocess.intensity_stats(samples[:, c]) if is_ct else None
+                 for c, is_ct in enumerate(ct)]
+    logging.info("CT intensity statistics from %d foreground voxels of %d cases (%.1f s): %s",
+                 len(samples), len(dataset.cases), time.time() - start, intensity)
+    os.makedirs(cache_dir, exist_ok=True)
+    fileio.write_json(path, {"sources": sources, "modalities": list(dataset.modalities),
+                             "intensity": intensity}, every_process=True)
+    return intensity
 
 
 def cache_folder(cache_dir: str, dataset: msd.Dataset, settings: dict) -> str:
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.name)
-    return os.path.join(cache_dir, f"{safe_name}-{digest}")
+    return os.path.join(cache_dir, f"{_safe_name(dataset)}-{digest}")
 
 
 def _npy_bytes(save_fn, *args, **kwargs) -> bytes:
@@ -80,10 +128,11 @@ def _load_cached(folder: str, case: msd.Case) -> PreparedCase | None:
     return PreparedCase(case.case_id, image, label, fg_locations, meta)
 
 
-def _write_case(folder, dataset, case, header, target_spacing, image_order) -> None:
+def _write_case(folder, dataset, case, header, target_spacing, image_order, intensity) -> None:
     image, label, _ = msd.load_case(dataset, case)
     image, label, meta = preprocess.preprocess_case(image, label, header.spacing,
-                                                    target_spacing, image_order=image_order)
+                                                    target_spacing, image_order=image_order,
+                                                    intensity=intensity)
     fg = preprocess.foreground_locations(label)
     stem = os.path.join(folder, case.case_id)
     fileio.write_atomic(stem + "_image.npy", _npy_bytes(np.save, image), every_process=True)
@@ -107,13 +156,15 @@ def prepare_dataset(dataset: msd.Dataset, cache_dir: str, *, spacing=None, image
       spacing: target voxel spacing in mm; None takes the median of the training cases.
       image_order: spline order for image resampling.
     Returns:
-      (list of PreparedCase in dataset order, the cache subfolder, the target spacing).
+      (list of PreparedCase in dataset order, the cache subfolder, the target spacing);
+      `intensity_of(subfolder)` gives the CT statistics the cases were normalised with.
     """
     headers = [msd.check_headers(dataset, case) for case in dataset.cases]
     if spacing is None:
         spacing = preprocess.median_spacing([h.spacing for h in headers])
     spacing = tuple(float(s) for s in spacing)
-    settings = settings_key(dataset, spacing, image_order)
+    intensity = dataset_intensity(dataset, cache_dir)
+    settings = settings_key(dataset, spacing, image_order, intensity)
     folder = cache_folder(cache_dir, dataset, settings)
     os.makedirs(folder, exist_ok=True)
     fileio.write_json(os.path.join(folder, "settings.json"), settings, every_process=True)
@@ -121,7 +172,7 @@ def prepare_dataset(dataset: msd.Dataset, cache_dir: str, *, spacing=None, image
     for i, (case, header) in enumerate(zip(dataset.cases, headers)):
         prepared = _load_cached(folder, case)
         if prepared is None:
-            _write_case(folder, dataset, case, header, spacing, image_order)
+            _write_case(folder, dataset, case, header, spacing, image_order, intensity)
             prepared, fresh = _load_cached(folder, case), fresh + 1
             logging.info("preprocessed %s (%d/%d)", case.case_id, i + 1, len(dataset.cases))
         cases.append(prepared)

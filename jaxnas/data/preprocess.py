@@ -5,7 +5,13 @@ uint8 labels. `cache.py` is the shell that reads NIfTI files and stores the resu
 
 Order: crop first (cheaper; the crop box is recorded), then resample image (spline of
 `image_order`), nonzero mask (nearest) and label (per-class linear then argmax, which never
-invents a class), then z-score each channel inside the mask and set the outside to 0.
+invents a class), then normalise each channel:
+- MR and other modalities: z-score inside the nonzero mask, 0 outside (per case).
+- CT (the modality named "CT"): nnU-Net's rule. Hounsfield units mean the same in every
+  case, so the statistics are the dataset's: clip to the 0.5 and 99.5 percentiles of the
+  training cases' foreground (labelled) voxels, then z-score with their mean and std.
+  A per-case z-score over a CT volume is ruled by air (-1000) and bone, and squeezes
+  the soft tissue that is to be segmented into a sliver of the range.
 """
 
 import numpy as np
@@ -84,11 +90,61 @@ def zscore_nonzero(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess_case(image, label, spacing, target_spacing, *, image_order=3):
+# nnU-Net samples up to 10000 foreground voxels per case for its intensity fingerprint.
+INTENSITY_SAMPLES_PER_CASE = 10000
+
+
+def is_ct(modality: str) -> bool:
+    """Whether a dataset.json modality name is CT (case and spaces ignored, as nnU-Net)."""
+    return str(modality).strip().lower() == "ct"
+
+
+def foreground_intensities(image: np.ndarray, label: np.ndarray, *,
+                           samples: int = INTENSITY_SAMPLES_PER_CASE,
+                           seed: int = 0) -> np.ndarray:
+    """Up to `samples` voxels (n, c) of image where label > 0, drawn without replacement."""
+    values = image[np.asarray(label) > 0]
+    if len(values) > samples:
+        values = values[np.random.default_rng(seed).choice(len(values), samples, replace=False)]
+    return np.asarray(values, np.float64).reshape(-1, image.shape[-1])
+
+
+def intensity_stats(samples: np.ndarray) -> dict:
+    """CT normalisation of one channel from its foreground samples (n,): clip range
+    (0.5 and 99.5 percentiles), mean and std (of the unclipped samples, as nnU-Net)."""
+    samples = np.asarray(samples, np.float64)
+    if samples.size == 0:
+        raise ValueError("no foreground voxels to take CT intensity statistics from")
+    lo, hi = np.percentile(samples, [0.5, 99.5])
+    return {"clip": [float(lo), float(hi)], "mean": float(samples.mean()),
+            "std": float(samples.std())}
+
+
+def normalize(image: np.ndarray, mask: np.ndarray, intensity=None) -> np.ndarray:
+    """Each channel normalised: by `intensity[c]` (CT statistics from `intensity_stats`:
+    clip, then z-score over the whole volume) where given, else z-scored over `mask` with
+    0 outside (`zscore_nonzero`). intensity: None or one entry (dict or None) per channel."""
+    intensity = list(intensity or [None] * image.shape[-1])
+    if len(intensity) != image.shape[-1]:
+        raise ValueError(f"intensity statistics for {len(intensity)} channels, the image "
+                         f"has {image.shape[-1]}")
+    out = np.empty(image.shape, np.float32)
+    for c, stats in enumerate(intensity):
+        if stats is None:
+            out[..., c] = zscore_nonzero(image[..., c:c + 1], mask)[..., 0]
+        else:
+            lo, hi = stats["clip"]
+            out[..., c] = (np.clip(image[..., c], lo, hi) - stats["mean"]) / max(
+                stats["std"], 1e-8)
+    return out
+
+
+def preprocess_case(image, label, spacing, target_spacing, *, image_order=3, intensity=None):
     """Crop, resample and normalise one case.
 
     Args:
       image: (x, y, z, c) float32. label: (x, y, z) integer. spacing: voxel size in mm.
+      intensity: per channel, CT statistics (`intensity_stats`) or None (see `normalize`).
     Returns:
       (image (X, Y, Z, c) float32, label (X, Y, Z) uint8, meta dict with the crop box and
       shapes needed to map a prediction back to the original grid).
@@ -100,17 +156,18 @@ def preprocess_case(image, label, spacing, target_spacing, *, image_order=3):
     image = resample_image(image, new_shape, image_order)
     label = resample_label(label, new_shape)
     mask = resample_mask(mask, new_shape)
-    image = zscore_nonzero(image, mask)
+    image = normalize(image, mask, intensity)
     meta = {"crop_box": [list(b) for b in box], "cropped_shape": [b - a for a, b in box],
             "shape": list(new_shape)}
     return image, label, meta
 
 
-def preprocess_image(image, spacing, target_spacing, *, image_order=3):
-    """`preprocess_case` for an image without a label (prediction): crop, resample, z-score.
+def preprocess_image(image, spacing, target_spacing, *, image_order=3, intensity=None):
+    """`preprocess_case` for an image without a label (prediction): crop, resample, normalise.
 
     Args:
       image: (x, y, z, c) float32 with some nonzero voxel. spacing: voxel size in mm.
+      intensity: the training run's CT statistics per channel (see `normalize`).
     Returns:
       (image (X, Y, Z, c) float32, meta) with meta as `preprocess_case`'s plus
       "original_shape", the (x, y, z) the crop box lies in.
@@ -122,7 +179,7 @@ def preprocess_image(image, spacing, target_spacing, *, image_order=3):
     new_shape = resampled_shape(image.shape[:3], spacing, target_spacing)
     image = resample_image(image, new_shape, image_order)
     mask = resample_mask(mask, new_shape)
-    image = zscore_nonzero(image, mask)
+    image = normalize(image, mask, intensity)
     meta = {"crop_box": [list(b) for b in box], "cropped_shape": [b - a for a, b in box],
             "shape": list(new_shape), "original_shape": original_shape}
     return image, meta

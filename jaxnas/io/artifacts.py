@@ -19,9 +19,10 @@ from jaxnas import models
 from jaxnas.io import fileio
 
 
-def make_plan(config: config_lib.Config, *, spacing, num_channels: int, labels: dict) -> dict:
+def make_plan(config: config_lib.Config, *, spacing, num_channels: int, labels: dict,
+              intensity=None) -> dict:
     """The inference plan of a run: how a new image is preprocessed and swept."""
-    return {
+    plan = {
         "target_spacing": [float(s) for s in spacing],
         "image_order": config.data.image_order,
         "num_channels": num_channels,
@@ -33,6 +34,9 @@ def make_plan(config: config_lib.Config, *, spacing, num_channels: int, labels: 
         "batch_size": config.eval.batch_size,
         "labels": {str(k): v for k, v in sorted(labels.items())},
     }
+    if intensity is not None:  # CT channels: the training set's statistics (preprocess.py).
+        plan["intensity"] = intensity
+    return plan
 
 
 def _host_copy(x):

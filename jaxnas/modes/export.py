@@ -119,7 +119,8 @@ input's grid ({labels}).
 
 What predict.py does (plan.json holds every number): crop to the nonzero box, resample to
 {plan['target_spacing']} mm (spline order {plan.get('image_order', 3)}), z-score each
-channel inside the nonzero mask; sliding window of {plan['patch_size']} with overlap
+channel inside the nonzero mask (CT channels: clip and z-score with the training set's
+statistics, plan.json "intensity"); sliding window of {plan['patch_size']} with overlap
 {plan.get('overlap')}, Gaussian weights {plan.get('gaussian')}, mirroring
 {plan.get('mirror')}, {plan.get('batch_size', 1)} window(s) per call of {MODEL_FILE};
 probabilities back onto the input grid (linear), argmax.

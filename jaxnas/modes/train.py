@@ -60,7 +60,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
             os.path.join(picture_dir, name), description["genotype"]))
     evaluation.pictures_to_tensorboard(writer, num_steps, picture_dir)
     artifacts.save(workdir, description, params, artifacts.make_plan(
-        config, spacing=data.spacing, num_channels=in_channels, labels=label_names))
+        config, spacing=data.spacing, num_channels=in_channels, labels=label_names,
+        intensity=data.intensity))
     summary = evaluation.write_summary(workdir, writer, num_steps, data, result, {
         "fold": config.data.fold, "mode": "train", "architecture": description["source"],
         "derived": model.cost(config.data.patch_size),

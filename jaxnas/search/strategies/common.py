@@ -82,7 +82,7 @@ def finish(config: config_lib.Config, workdir: str, data, writer, *, description
     evaluation.pictures_to_tensorboard(writer, step, picture_dir)
     artifacts.save(workdir, description, params, artifacts.make_plan(
         config, spacing=data.spacing, num_channels=description["in_channels"],
-        labels=label_names))
+        labels=label_names, intensity=data.intensity))
     summary = evaluation.write_summary(workdir, writer, step, data, result, {
         "fold": config.data.fold, "mode": "search", "architecture": description["source"],
         "strategy": s.strategy, "derived": derived,

@@ -252,7 +252,8 @@ def search_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                        cell_drawing.save_genotype_drawing(genotype_png, genotype))
     evaluation.pictures_to_tensorboard(writer, num_steps, os.path.join(workdir, "pictures"))
     artifacts.save(workdir, description, params, artifacts.make_plan(
-        config, spacing=data.spacing, num_channels=in_channels, labels=label_names))
+        config, spacing=data.spacing, num_channels=in_channels, labels=label_names,
+        intensity=data.intensity))
     summary = evaluation.write_summary(workdir, writer, num_steps, data, result, {
         "fold": config.data.fold, "mode": "search", "architecture": f"{s.strategy} search",
         "strategy": s.strategy, "derived": derived_cost,
