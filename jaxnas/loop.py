@@ -9,9 +9,12 @@ and ETA, TensorBoard scalars, and orbax checkpoints at epoch ends. A phase suppl
 A planned phase can also pass a `Resize`: its length is then re-set from its own steps
 (host batch building included), which a few timed calls after the compile
 over-estimated by 20-30% (WORKSPACE.md). Only the second half of the steps before the
-resize is timed: the first ten of a fresh phase ran ~25% slower than the rest. A second
-re-set (`again_at`) follows the machine if it slows down later: a fine-tune re-sized
-from 1.45 s steps ran its later ones at ~1.8 s and ended a minute late.
+first re-set is timed: the first ten of a fresh phase ran ~25% slower than the rest.
+Later re-sets (`every`) follow the machine to the end of the phase: a fine-tune re-sized
+from 1.45 s steps ran its later ones at ~1.8 s and ended a minute late, and with two
+re-sets (steps 20 and 60) runs still ended 3-6% late when the machine slowed after step
+60. Each re-set is recorded; a resumed run (or a rerun handed the records) replays them
+at the same steps instead of timing, so it runs the same schedule bit for bit.
 """
 
 import dataclasses
@@ -44,23 +47,24 @@ class Schedule:
 
 @dataclasses.dataclass(frozen=True)
 class Resize:
-    """Re-sets a planned phase's length after `at_step` steps of a fresh run (and again
-    after `again_at`).
+    """Re-sets a planned phase's length after `at_step` steps of a fresh run, then every
+    `every` steps (0: once) until it ends, each time from the steps since the last one.
 
     The new length is what fits before end_fn(seconds_per_step) (a time.time() value) at
-    the rate of steps at_step // 2 + 1 .. at_step; resize_fn(state, num_steps) -> state
-    puts it in the state's horizon and stores it, so a resumed run replays it. The steps
-    before at_step must not depend on the length (they fall inside the fixed lr warm-up);
-    `run` moves at_step to the first checkpoint if that comes earlier: both re-sets
-    happen before it, so a resumed run (from a checkpoint) never redoes one.
+    the measured rate; apply_fn(state, num_steps) -> state puts it in the state's horizon
+    and record_fn(step, num_steps) stores it. The steps before at_step must not depend on
+    the length (they fall inside the fixed lr warm-up).
+    replay: ((step, num_steps), ...) recorded by an earlier run of the phase. Given, the
+    phase re-sets at those steps (the ones after the state's step) to those lengths and
+    times nothing: a resumed run, or a rerun handed the records, replays the schedule.
     """
 
     at_step: int
     end_fn: Callable[[float], float]
-    resize_fn: Callable
-    # Re-set once more at this step from the steps since at_step (0: never); also moved
-    # to the first checkpoint, and dropped unless it comes 3 or more steps after at_step.
-    again_at: int = 0
+    apply_fn: Callable
+    record_fn: Callable[[int, int], None]
+    every: int = 0
+    replay: tuple = ()
 
 
 def resized_steps(done: int, seconds_per_step: float, seconds_left: float) -> int:
@@ -79,22 +83,22 @@ def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager,
         training loss the plateau rule and the log line read.
       plateau_fn: jitted (state, epoch_loss) -> (state, reduced), or None.
       scalars_fn: state -> extra TensorBoard scalars at log steps (learning rates, alpha).
-      resize: re-sets num_steps from the measured step rate (a fresh planned phase only).
+      resize: re-sets num_steps from the measured step rate, or replays recorded re-sets.
     """
     start = int(state.step)
     if start:
         logging.info("%s: resumed from checkpoint at step %d", name, start)
     epoch_losses, tick, tick_step = [], time.time(), start
     s = schedule
-    if resize is not None:
-        # Never past the first checkpoint: a resumed run then never has to redo it.
-        resize = dataclasses.replace(resize, at_step=min(resize.at_step, s.ckpt_steps),
-                                     again_at=min(resize.again_at, s.ckpt_steps))
-        if start or resize.at_step < 3:
-            resize = None  # Resumed, or too few steps to time two of them.
+    live, replay = None, {}
+    if resize is not None and resize.replay:
+        replay = {int(r): int(n) for r, n in resize.replay if int(r) > start}
+    elif resize is not None and not start and resize.at_step >= 3:
+        live = resize  # (Resumed without records: the length in the state stands.)
     # The fine-tune's steps 2-12 took 1.32 s against 1.05 s from step 20 on (spatial demo):
-    # the resize times only the steps after this one.
-    timed_after = start + max(1, resize.at_step // 2) if resize is not None else None
+    # the first re-set times only the steps after this one.
+    timed_after = max(1, live.at_step // 2) if live is not None else None
+    next_resize = live.at_step if live is not None else None
     first_done = None
     step = start
     try:
@@ -102,25 +106,32 @@ def run(state, *, schedule: Schedule, step_fn: Callable, loss_key: str, manager,
             state, m = step_fn(state, step)
             epoch_losses.append(m[loss_key])
             done = step = step + 1
-            if resize is not None and done == timed_after:
+            if live is not None and done == timed_after:
                 jax.block_until_ready(state)  # The first steps hold one-off costs.
                 first_done = time.time()
-            if resize is not None and done == resize.at_step:
+            if live is not None and done == next_resize:
                 jax.block_until_ready(state)
                 now = time.time()
                 per_step = (now - first_done) / (done - timed_after)
                 num_steps = sharding.agreed(
-                    resized_steps(done, per_step, resize.end_fn(per_step) - now))
-                logging.info("%s: %.3f s per step over steps %d-%d (host batches included): "
-                             "%d steps instead of %d", name, per_step, timed_after + 1, done,
-                             num_steps, s.num_steps)
-                state = resize.resize_fn(state, num_steps)
-                s = dataclasses.replace(s, num_steps=num_steps)
-                if resize.again_at >= done + 3:  # Timed from here, no warm-up to skip.
-                    timed_after, first_done = done, now
-                    resize = dataclasses.replace(resize, at_step=resize.again_at, again_at=0)
+                    resized_steps(done, per_step, live.end_fn(per_step) - now))
+                if num_steps != s.num_steps:
+                    logging.info("%s: %.3f s per step over steps %d-%d (host batches "
+                                 "included): %d steps instead of %d", name, per_step,
+                                 timed_after + 1, done, num_steps, s.num_steps)
+                    state = live.apply_fn(state, num_steps)
+                    live.record_fn(done, num_steps)
+                    s = dataclasses.replace(s, num_steps=num_steps)
+                if live.every and done + live.every < s.num_steps:  # Timed from here on.
+                    timed_after, first_done, next_resize = done, now, done + live.every
                 else:
-                    resize = None
+                    live = None
+            elif done in replay:
+                num_steps = replay.pop(done)
+                logging.info("%s: %d steps instead of %d at step %d, as recorded", name,
+                             num_steps, s.num_steps, done)
+                state = resize.apply_fn(state, num_steps)
+                s = dataclasses.replace(s, num_steps=num_steps)
             if done % s.steps_per_epoch == 0 and plateau_fn is not None:
                 epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
                 state, reduced = plateau_fn(state, epoch_loss)

@@ -38,57 +38,97 @@ class ResizeTest(absltest.TestCase):
         finally:
             writer.close()
 
-    def _resize(self, at_step, seconds_left, calls):
-        def end_fn(per_step):
+    def _resize(self, at_step, seconds_left, calls, every=0, replay=(), deadline=None):
+        def end_fn(per_step):  # seconds_left from each re-set, or a fixed deadline.
             calls.append(("end", per_step))
-            return time.time() + seconds_left
+            return deadline or time.time() + seconds_left
 
-        def resize_fn(state, n):
-            calls.append(("resize", n))
-            return state.replace(horizon=jnp.int32(n))
-
-        return loop.Resize(at_step=at_step, end_fn=end_fn, resize_fn=resize_fn)
+        return loop.Resize(at_step=at_step, end_fn=end_fn, every=every, replay=replay,
+                           apply_fn=lambda state, n: state.replace(horizon=jnp.int32(n)),
+                           record_fn=lambda step, n: calls.append(("resize", n, step)))
 
     def test_length_follows_the_measured_rate(self):
         calls = []
         state = self._run(_State(jnp.int32(0), jnp.int32(200)), 200,
                           self._resize(6, 20 * STEP_SECONDS, calls))
-        (_, per_step), (_, n) = calls
+        (_, per_step), (_, n, at) = calls
         # Steps 4..6 timed (sleep plus overhead); 20 steps' time left after step 6.
         self.assertBetween(per_step, STEP_SECONDS, 3 * STEP_SECONDS)
         self.assertBetween(n, 6 + 5, 6 + 20)
+        self.assertEqual(at, 6)
         self.assertEqual(int(state.step), n)
         self.assertEqual(int(state.horizon), n)
 
-    def test_second_resize_follows_a_slowdown(self):
+    def test_later_resizes_follow_a_slowdown_to_the_end(self):
         calls = []
-        deadline = time.time() + 40 * STEP_SECONDS
+        deadline = time.time() + 60 * STEP_SECONDS
 
-        def slows_down(state, step):  # From step 6 on, every step takes 3x as long.
-            time.sleep(2 * STEP_SECONDS if step >= 6 else 0.0)
+        def slows_down(state, step):  # From step 20 on, every step takes 3x as long.
+            time.sleep(2 * STEP_SECONDS if step >= 20 else 0.0)
             return _step(state, step)
 
-        def resize_fn(state, n):
-            calls.append(n)
-            return state.replace(horizon=jnp.int32(n))
-
-        resize = loop.Resize(at_step=6, end_fn=lambda per_step: deadline,
-                             resize_fn=resize_fn, again_at=12)
+        resize = loop.Resize(at_step=6, end_fn=lambda per_step: deadline, every=6,
+                             apply_fn=lambda state, n: state.replace(horizon=jnp.int32(n)),
+                             record_fn=lambda step, n: calls.append((step, n)))
         workdir = self.create_tempdir().full_path
         manager = checkpoints.make_manager(workdir)
         writer = writer_lib.MetricWriter(workdir)
         try:
             state = loop.run(_State(jnp.int32(0), jnp.int32(200)),
-                             schedule=loop.Schedule(200, 4, 100, 100), step_fn=slows_down,
+                             schedule=loop.Schedule(200, 4, 100, 4), step_fn=slows_down,
                              loss_key="loss", manager=manager, writer=writer,
                              workdir=workdir, resize=resize)
         finally:
             writer.close()
-        first, second = calls  # At step 6 from 1x steps, at step 12 from 3x steps.
-        self.assertLess(second, first)
-        self.assertEqual(int(state.step), second)
-        # Without the second re-set it would end ~28 slow steps (1.7 s) late.
-        self.assertLess(time.time(), deadline + 25 * STEP_SECONDS)
+        steps = [step for step, _ in calls]
+        self.assertEqual(steps, sorted(steps))
+        self.assertEqual(steps[0], 6)
+        self.assertGreater(steps[-1], 20)  # Re-set after the slowdown, past checkpoints.
+        self.assertLess(calls[-1][1], calls[0][1])
+        self.assertEqual(int(state.step), calls[-1][1])
+        # With the first re-set alone it would end ~28 slow steps (1.7 s) late.
+        self.assertLess(time.time(), deadline + 12 * STEP_SECONDS)
+
+    def test_recorded_resizes_replay_the_same_schedule_untimed(self):
+        seen = {}
+
+        def watch(state, step):
+            seen.setdefault(len(seen), []).append(int(state.horizon))
+            return _step(state, step)
+
+        def run(state, num_steps, resize):
+            seen.clear()
+            workdir = self.create_tempdir().full_path
+            manager = checkpoints.make_manager(workdir)
+            writer = writer_lib.MetricWriter(workdir)
+            try:
+                return loop.run(state, schedule=loop.Schedule(num_steps, 4, 100, 100),
+                                step_fn=lambda st, step: watch(st, step), loss_key="loss",
+                                manager=manager, writer=writer, workdir=workdir,
+                                resize=resize)
+            finally:
+                writer.close()
+
+        calls = []
+        state = run(_State(jnp.int32(0), jnp.int32(30)), 30,
+                    self._resize(6, 0.0, calls, every=4,
+                                 deadline=time.time() + 20 * STEP_SECONDS))
+        records = tuple((at, n) for kind, *rest in calls if kind == "resize"
+                        for n, at in [rest])
+        self.assertNotEmpty(records)
+        live = [h for hs in seen.values() for h in hs]
+        replayed_calls = []
+        again = run(_State(jnp.int32(0), jnp.int32(30)), 30,
+                    self._resize(6, 0.0, replayed_calls, every=4, replay=records))
+        self.assertEqual([h for hs in seen.values() for h in hs], live)
+        self.assertEqual(replayed_calls, [])  # Nothing timed, nothing recorded again.
+        self.assertEqual(int(again.step), int(state.step))
+        # Resumed after the first record: only the later ones apply.
+        first_at, first_n = records[0]
+        resumed = run(_State(jnp.int32(first_at), jnp.int32(first_n)), first_n,
+                      self._resize(6, 0.0, replayed_calls, every=4, replay=records))
+        self.assertEqual(int(resumed.step), int(state.step))
+        self.assertEqual(replayed_calls, [])
 
     def test_slow_first_steps_are_not_timed(self):
         calls = []
@@ -116,11 +156,7 @@ class ResizeTest(absltest.TestCase):
         self.assertGreater(int(state.step), 8)
         self.assertEqual(int(state.step), calls[-1][1])
 
-    def test_moves_to_the_first_checkpoint_and_skips_a_resume(self):
-        calls = []
-        self._run(_State(jnp.int32(0), jnp.int32(40)), 40, self._resize(12, 0.0, calls),
-                  ckpt_every=4)
-        self.assertEqual(calls[-1], ("resize", 4))  # At the checkpoint, nothing left: stop.
+    def test_a_resume_without_records_keeps_its_length(self):
         calls = []
         state = self._run(_State(jnp.int32(4), jnp.int32(10)), 10,
                           self._resize(12, 0.0, calls), ckpt_every=4)
