@@ -7,7 +7,8 @@ budget in steps, and the training of a fixed network.
 - `budget_steps`, `time_steps`: a wall-clock budget turned into step counts once, stored
   in `budget.json` so a resumed run replays the same schedule.
 - `train_fixed`: a fixed network trained through `loop.run` (the search's fine-tune phase
-  and --mode=train), re-sized from its own steps at steps 20 and 60 (loop.Resize).
+  and --mode=train), re-sized from its own steps at step 20 and every 40 after
+  (loop.Resize), each re-set recorded in `budget.json` for a resume to replay.
 """
 
 import dataclasses
